@@ -1,0 +1,104 @@
+"""``r1lab <stage>``: one entry point for every stage.
+
+    r1lab zero                                  pretrain -> eval -> GRPO -> eval, embedded defaults
+    r1lab pretrain --out runs/base              pretrain from scratch
+    r1lab rl --init runs/base --rl.group_size 16
+    r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
+    r1lab sample "7+5*2-3" --init runs/rl
+
+Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input ends in one line on
+stderr and exit code 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+from r1lab import config as config_lib
+from r1lab.checkpoint import CheckpointError
+from r1lab.config import ConfigError
+from r1lab.recipes.common import StageError
+
+# stage -> (module with main(cfg), one-line description, config sections it reads)
+STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval")),
+    "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain")),
+    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval")),
+    "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
+    "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
+}
+COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "tensorboard")
+
+
+def usage() -> str:
+    lines = ["usage: r1lab <stage> [--config FILE] [--section.key VALUE ...] [--debug] [--help]", "", "stages:"]
+    lines += [f"  {name:<9} {desc}" for name, (_, desc, _) in STAGES.items()]
+    lines += ["", "r1lab <stage> --help lists every key the stage reads, with its default and meaning."]
+    return "\n".join(lines)
+
+
+def stage_help(stage: str) -> str:
+    _, desc, sections = STAGES[stage]
+    rows = [r for r in config_lib.describe() if r[0] in COMMON_KEYS or r[0].split(".")[0] in sections]
+    width = max(len(k) for k, _, _ in rows)
+    out = [f"usage: r1lab {stage} [--config FILE] [--section.key VALUE ...] [--debug]", "", desc, "", "options (key, default, meaning):"]
+    for key, default, doc in rows:
+        out.append(f"  --{key:<{width}}  {default:<14} {doc}")
+    return "\n".join(out)
+
+
+def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
+    """(stage, validated config, debug) from the command line."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0)
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if "-h" in rest or "--help" in rest:
+        print(stage_help(stage))
+        raise SystemExit(0)
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
+    layers = []
+    if "--config" in rest:
+        i = rest.index("--config")
+        if i + 1 >= len(rest):
+            raise ConfigError("--config needs a file path")
+        layers.append(config_lib.load_yaml(rest[i + 1]))
+        rest = rest[:i] + rest[i + 2 :]
+    # `r1lab sample Q1 Q2 --init X`: leading positional arguments are questions.
+    questions = []
+    while rest and not rest[0].startswith("--") and stage == "sample":
+        questions.append(rest.pop(0))
+    overrides = config_lib.parse_overrides(rest)
+    if questions:
+        overrides.setdefault("generate", {})["questions"] = questions
+    return stage, config_lib.build(*layers, overrides), debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        stage, cfg, debug = parse(argv)
+        from r1lab.tasks import get_task
+
+        get_task(cfg.task)  # fail on an unknown task before any work
+        importlib.import_module(STAGES[stage][0]).main(cfg)
+    except (ConfigError, StageError, CheckpointError, ValueError, FileNotFoundError) as err:
+        if debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"r1lab: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("r1lab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Typed, strict configuration for every stage: dataclasses with defaults, YAML files, dotted
+command-line overrides (``--rl.group_size 16``).
+
+Every field has a one-line doc (the string under it) and a default taken from the paper it
+implements or from what works for the tiny CPU recipe. Unknown keys, wrong types and impossible
+values raise ``ConfigError`` naming the key; the CLI turns that into a one-line message and exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    ffn: Literal["moe", "dense"] = "moe"
+    "feed-forward type: DeepSeekMoE (shared + fine-grained routed experts) or a dense SwiGLU"
+    d_model: int = 128
+    "residual stream width"
+    n_layers: int = 4
+    "number of Transformer blocks"
+    n_heads: int = 4
+    "attention query heads"
+    n_kv_heads: int = 4
+    "key/value heads (grouped-query attention when fewer than n_heads)"
+    max_seq_len: int = 128
+    "longest sequence (prompt + completion) the model is built for"
+    d_ff: int = 384
+    "hidden width of the dense SwiGLU FFN (ffn: dense)"
+    n_routed_experts: int = 8
+    "routed experts per MoE layer (DeepSeekMoE fine-grained segmentation)"
+    n_shared_experts: int = 1
+    "always-active shared experts per MoE layer (DeepSeekMoE shared expert isolation)"
+    top_k: int = 2
+    "routed experts chosen per token"
+    d_expert: int = 128
+    "hidden width of each expert's SwiGLU"
+    aux_loss_coef: float = 0.01
+    "expert-level load-balance loss weight (DeepSeekMoE, arXiv:2401.06066, eq. 12); 0 disables it"
+    rope_theta: float = 10000.0
+    "RoPE base frequency"
+    init_std: float = 0.02
+    "std of the normal init of weights and (tied) embeddings; PyTorch's default 1.0 stalls tiny models"
+
+
+@dataclass
+class SampleConfig:
+    temperature: float = 1.0
+    "softmax temperature of sampling (R1 uses 1.0 for RL rollouts)"
+    top_p: float = 1.0
+    "nucleus sampling mass; 1.0 keeps the full distribution"
+    max_new_tokens: int = 64
+    "completion length cap in tokens"
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 1500
+    "optimizer steps"
+    batch_size: int = 64
+    "sequences per step"
+    lr: float = 3e-3
+    "peak AdamW learning rate"
+    min_lr_ratio: float = 0.1
+    "final learning rate as a fraction of the peak (cosine decay)"
+    warmup_steps: int = 50
+    "linear warm-up steps"
+    weight_decay: float = 0.1
+    "AdamW weight decay on matrices"
+    grad_clip: float = 1.0
+    "global gradient-norm clip; 0 disables it"
+    worked_fraction: float = 0.15
+    "fraction of question/answer documents with a worked solution in <think>; the rest answer directly"
+    notes_fraction: float = 0.0
+    "fraction of documents that are bare worked solutions, outside the chat template (math 'notes')"
+
+
+@dataclass
+class RLConfig:
+    steps: int = 150
+    "GRPO steps (one batch of rollouts, one optimizer update each)"
+    prompts_per_step: int = 16
+    "distinct prompts per step (B)"
+    group_size: int = 8
+    "completions per prompt (G); GRPO's baseline is the group mean"
+    lr: float = 1e-3
+    "AdamW learning rate (constant after warm-up)"
+    warmup_steps: int = 5
+    "linear warm-up steps"
+    weight_decay: float = 0.0
+    "AdamW weight decay"
+    grad_clip: float = 1.0
+    "global gradient-norm clip; 0 disables it"
+    clip_eps: float = 0.2
+    "PPO/GRPO ratio clip epsilon (DeepSeekMath, arXiv:2402.03300, eq. 3)"
+    kl_coef: float = 0.0
+    "weight of the k3 KL estimator to the frozen reference policy; 0 drops the reference model"
+    updates_per_batch: int = 1
+    "optimizer updates per rollout batch (GRPO's mu); >1 makes the clip matter"
+    scale_rewards: bool = True
+    "divide advantages by the group's reward std (GRPO); False gives Dr. GRPO's mean-only baseline"
+    format_weight: float = 0.1
+    "weight of the format reward (R1 template followed)"
+    correct_weight: float = 1.0
+    "weight of the correctness reward"
+    eval_every: int = 25
+    "evaluate pass@1 on held-out problems every N steps (0 disables it); shows RL's progress"
+    eval_problems: int = 100
+    "held-out problems in each periodic evaluation (2 samples each)"
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    "rollout sampling"
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["test", "train"] = "test"
+    "which task split to evaluate on"
+    n_problems: int = 200
+    "distinct problems"
+    n_samples: int = 8
+    "samples per problem (n of the unbiased pass@k estimator)"
+    ks: list[int] = field(default_factory=lambda: [1, 8])
+    "k values for pass@k and maj@k; each <= n_samples"
+    seed: int = 1234
+    "seed of problem selection and sampling (fixed so that base and RL see the same problems)"
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    "evaluation sampling"
+
+
+@dataclass
+class GenerateConfig:
+    questions: list[str] = field(default_factory=list)
+    "questions to answer (`r1lab sample` takes them as positional arguments); empty: held-out problems"
+    n: int = 4
+    "completions per question"
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7))
+    "sampling of `r1lab sample`"
+
+
+@dataclass
+class Config:
+    task: str = "chain"
+    "task name (see r1lab.tasks.TASKS) or gym:<reasoning-gym dataset>"
+    out: str = ""
+    "run folder; empty means runs/<stage>-<time>"
+    init: str = ""
+    "run or checkpoint folder to start from (rl, eval, sample); empty for a fresh model"
+    seed: int = 0
+    "seed of every RNG"
+    threads: int = 1
+    "torch intra-op threads; 1 is fastest for tiny models on a shared 2-core machine"
+    resume: bool = False
+    "continue the run in `out` from its last good checkpoint"
+    save_every: int = 50
+    "checkpoint every N optimizer steps (and at the end)"
+    keep_checkpoints: int = 2
+    "how many recent checkpoints to keep"
+    log_every: int = 10
+    "print a progress line every N steps"
+    tensorboard: bool = True
+    "also write TensorBoard event files"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first impossible value; return self."""
+        m, p, r, e = self.model, self.pretrain, self.rl, self.eval
+        checks = [
+            ("model.d_model", m.d_model > 0 and m.d_model % m.n_heads == 0, "must be a positive multiple of model.n_heads"),
+            ("model.n_heads", m.n_heads > 0 and m.n_heads % max(m.n_kv_heads, 1) == 0, "must be a positive multiple of model.n_kv_heads"),
+            ("model.n_kv_heads", m.n_kv_heads > 0, "must be positive"),
+            ("model.n_layers", m.n_layers > 0, "must be positive"),
+            ("model.top_k", 1 <= m.top_k <= m.n_routed_experts, f"must be between 1 and model.n_routed_experts ({m.n_routed_experts})"),
+            ("model.n_shared_experts", m.n_shared_experts >= 0, "must be >= 0"),
+            ("model.max_seq_len", m.max_seq_len >= 8, "must be >= 8"),
+            ("model.init_std", m.init_std > 0, "must be positive"),
+            ("pretrain.lr", p.lr > 0, "must be positive"),
+            ("pretrain.batch_size", p.batch_size > 0, "must be positive"),
+            ("pretrain.steps", p.steps >= 0, "must be >= 0"),
+            ("pretrain.worked_fraction", 0.0 <= p.worked_fraction <= 1.0, "must be in [0, 1]"),
+            ("pretrain.notes_fraction", 0.0 <= p.notes_fraction < 1.0, "must be in [0, 1)"),
+            ("rl.group_size", r.group_size >= 2, "must be >= 2: GRPO's baseline is the mean of the group"),
+            ("rl.prompts_per_step", r.prompts_per_step >= 1, "must be >= 1"),
+            ("rl.lr", r.lr > 0, "must be positive"),
+            ("rl.steps", r.steps >= 0, "must be >= 0"),
+            ("rl.clip_eps", r.clip_eps > 0, "must be positive"),
+            ("rl.kl_coef", r.kl_coef >= 0, "must be >= 0"),
+            ("rl.updates_per_batch", r.updates_per_batch >= 1, "must be >= 1"),
+            ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
+            ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
+            ("generate.n", self.generate.n >= 1, "must be >= 1"),
+            ("eval.n_samples", e.n_samples >= 1, "must be >= 1"),
+            ("eval.n_problems", e.n_problems >= 1, "must be >= 1"),
+            ("eval.ks", bool(e.ks) and all(1 <= k <= e.n_samples for k in e.ks), f"each k must be between 1 and eval.n_samples ({e.n_samples})"),
+            ("threads", self.threads >= 1, "must be >= 1"),
+            ("save_every", self.save_every >= 1, "must be >= 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
+        ]
+        for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample)):
+            checks += [
+                (f"{prefix}.temperature", s.temperature > 0, "must be positive (use a small value for near-greedy)"),
+                (f"{prefix}.top_p", 0 < s.top_p <= 1, "must be in (0, 1]"),
+                (f"{prefix}.max_new_tokens", s.max_new_tokens >= 1, "must be >= 1"),
+            ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"config key {key}: {why}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a config from dicts, YAML and dotted overrides
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` coerced to ``tp`` (int -> float only), or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key {key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unions are not supported in configs ({key})")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"config key {key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str = "") -> None:
+    """Write ``data`` into dataclass ``obj`` in place, strictly."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; known keys here: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _check_type(full, value, hints[key]))
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``['--rl.group_size', '16', '--resume']`` -> ``{'rl': {'group_size': 16}, 'resume': True}``.
+
+    Values are parsed as YAML scalars (``16`` -> int, ``[1, 8]`` -> list); a flag with no value
+    is ``true``."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key VALUE")
+        key, _, inline = arg[2:].partition("=")
+        if inline:
+            raw = inline
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            raw, i = args[i + 1], i + 1
+        else:
+            raw = "true"
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        *parents, leaf = key.replace("-", "_").split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {key!r} is given twice")
+        node[leaf] = value
+        i += 1
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def build(*layers: dict) -> Config:
+    """Defaults, then each layer of keys in order (a YAML file, then overrides), validated."""
+    cfg = Config()
+    for layer in layers:
+        _merge(cfg, layer)
+    return cfg.validate()
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every field, read from the docstrings under the fields."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = b.value.value
+    rows = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(value), docs.get(f.name, "")))
+    return rows

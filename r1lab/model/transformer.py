@@ -1,0 +1,195 @@
+"""Decoder-only Transformer: RMSNorm, RoPE, grouped-query SDPA attention, SwiGLU or DeepSeekMoE FFN.
+
+The LLaMA/DeepSeek block (pre-norm, RMSNorm, rotary positions, SwiGLU) at toy scale, with a
+pre-allocated KV cache. One model code serves sampling and training: ``forward`` takes explicit
+positions and a key-validity mask, so a left-padded prompt batch decoded step by step through the
+cache sees exactly the keys and positions that the training pass over the whole sequence sees,
+and rollout log-probs equal trainer log-probs up to float error (tested).
+
+Departures: tied input/output embeddings and a 0.02-std init (PyTorch's std-1 embedding init
+with tied weights starts tiny models near loss 84 and stalls them; see DESIGN.md). MLA and MTP
+are not here yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from r1lab.config import ModelConfig
+from r1lab.model.moe import MoE, SwiGLU
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x_BHTd: torch.Tensor, cos_BTd: torch.Tensor, sin_BTd: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) by position-dependent angles (RoFormer)."""
+    x1, x2 = x_BHTd.chunk(2, dim=-1)
+    cos, sin = cos_BTd[:, None], sin_BTd[:, None]  # broadcast over heads
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer; ``length`` positions are filled."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def update(self, layer: int, k_BHTd: torch.Tensor, v_BHTd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k_BHTd.shape[2]
+        self.k[layer, :, :, start:end] = k_BHTd
+        self.v[layer, :, :, start:end] = v_BHTd
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x_BTD, cos, sin, mask_B1TS, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.wk(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
+        v = self.wv(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, Hkv, S, d)
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        if mask_B1TS is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TS)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm, self.ffn_norm = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        if cfg.ffn == "moe":
+            self.ffn = MoE(cfg.d_model, cfg.n_routed_experts, cfg.n_shared_experts, cfg.top_k, cfg.d_expert, cfg.aux_loss_coef)
+        else:
+            self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x, cos, sin, mask, cache, layer, token_mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
+        h = self.ffn_norm(x)
+        if isinstance(self.ffn, MoE):
+            out, stats = self.ffn(h, token_mask)
+            return x + out, stats
+        return x + self.ffn(h), None
+
+
+@dataclass
+class ModelOutput:
+    logits_BTV: torch.Tensor
+    aux_loss: torch.Tensor  # sum of the MoE balance losses (0 for a dense model)
+    load_LE: torch.Tensor | None  # (layers, experts) token-slots per expert, None for dense
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norms stay at one
+            # GPT-2: residual output projections get std / sqrt(2 L) so the stream starts near unit scale.
+            scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight", "w2_EHD")) else 1.0
+            nn.init.normal_(p, std=std * scale)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        cfg = self.cfg
+        p = self.embed.weight
+        return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len, cfg.d_model // cfg.n_heads, p.dtype, p.device)
+
+    def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
+        """Logits for ``ids_BT``.
+
+        Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
+        With it (B, S): S = cached length + T, True where a key is a real token; positions must
+        then be given too. Every query may always attend to itself, so a padding query (which
+        would otherwise see no key at all) yields finite values instead of NaN."""
+        B, T = ids_BT.shape
+        past = cache.length if cache is not None else 0
+        if positions_BT is None:
+            positions_BT = torch.arange(past, past + T, device=ids_BT.device).expand(B, T)
+        if past + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[positions_BT], self.rope_sin[positions_BT]  # (B, T, d/2)
+        mask = None
+        token_mask = None
+        if key_mask_BS is not None:
+            S = key_mask_BS.shape[1]
+            q_pos = torch.arange(past, past + T, device=ids_BT.device)
+            k_pos = torch.arange(S, device=ids_BT.device)
+            causal_TS = k_pos[None, :] <= q_pos[:, None]
+            mask = (causal_TS[None] & key_mask_BS[:, None, :]) | (k_pos[None, None, :] == q_pos[None, :, None])
+            mask = mask[:, None]  # (B, 1, T, S)
+            token_mask = key_mask_BS[:, past:]
+        elif cache is not None and past > 0:
+            raise ValueError("decoding with a filled cache needs key_mask_BS")
+
+        x = self.embed(ids_BT)
+        aux = x.new_zeros((), dtype=torch.float32)
+        loads = []
+        for i, layer in enumerate(self.layers):
+            x, stats = layer(x, cos, sin, mask, cache, i, token_mask)
+            if stats is not None:
+                aux = aux + stats.aux_loss
+                loads.append(stats.load_E)
+        if cache is not None:
+            cache.length += T
+        logits = F.linear(self.norm(x), self.embed.weight)  # tied output head, (B, T, V)
+        return ModelOutput(logits, aux, torch.stack(loads) if loads else None)
+
+
+def count_parameters(model: Transformer) -> tuple[int, int]:
+    """(total, active per token): for MoE, only top_k of the routed experts count as active."""
+    total = sum(p.numel() for p in model.parameters())
+    cfg = model.cfg
+    if cfg.ffn != "moe":
+        return total, total
+    routed = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    return total, total - routed + routed * cfg.top_k // cfg.n_routed_experts

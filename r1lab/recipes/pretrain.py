@@ -1,0 +1,107 @@
+"""Pretrain a small model from scratch on a task's corpus of solved problems.
+
+The corpus mixes two solution styles for the task's *train* split: a direct answer
+(``<think></think><answer>21</answer>``) and, for a ``worked_fraction`` of documents, a worked
+step-by-step solution inside ``<think>``. A tiny model gets the direct style mostly wrong and the
+worked style mostly right, so the base model has low pass@1 but non-zero pass@k: the situation in
+which RL from outcome rewards alone can select reasoning (DeepSeek-R1-Zero).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from r1lab import checkpoint, tracking
+from r1lab.config import Config
+from r1lab.model.transformer import count_parameters
+from r1lab.recipes import common
+from r1lab.sft import masked_nll
+from r1lab.tasks import Task, get_task
+from r1lab.tokenizer import CharTokenizer
+
+
+def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float, notes_fraction: float) -> list[int]:
+    """One corpus document: a bare worked solution ("notes", outside the chat template), or a
+    question with a worked or a direct answer in the R1 template."""
+    ex = task.sample(rng, "train")
+    if ex.solution and rng.random() < notes_fraction:
+        return [tok.bos_id] + tok.encode(ex.solution) + [tok.eos_id]
+    worked = bool(ex.solution) and rng.random() < worked_fraction
+    completion = tok.completion_text(ex.solution if worked else "", ex.answer)
+    return tok.prompt_ids(ex.question) + tok.encode(completion) + [tok.eos_id]
+
+
+def batch(tok: CharTokenizer, task: Task, rng: random.Random, size: int, worked_fraction: float, notes_fraction: float, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded documents (B, T) and their real-token mask (documents longer than the model's
+    context are cut: the task should not produce them)."""
+    docs = [document(tok, task, rng, worked_fraction, notes_fraction)[:max_len] for _ in range(size)]
+    T = max(len(d) for d in docs)
+    ids = torch.full((size, T), tok.pad_id, dtype=torch.long)
+    for i, d in enumerate(docs):
+        ids[i, : len(d)] = torch.tensor(d)
+    return ids, ids != tok.pad_id
+
+
+def run(cfg: Config, run_dir: Path) -> Path:
+    """Train, checkpoint into ``run_dir``, and return the final checkpoint's folder."""
+    p = cfg.pretrain
+    common.seed_everything(cfg.seed, cfg.threads)
+    tok = CharTokenizer.build()
+    task = get_task(cfg.task)
+    data_rng = random.Random(cfg.seed)
+    model = common.new_model(cfg.model, tok.vocab_size)
+    opt = common.make_optimizer(model, p.lr, p.weight_decay)
+    start = 0
+    ckpt = checkpoint.load_latest(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        checkpoint.apply(model, ckpt, opt)
+        checkpoint.restore_rng(ckpt.rng, generators={"data": data_rng})
+        start = ckpt.step
+        print(f"resuming pretraining from {ckpt.path} (step {start})")
+    if start >= p.steps and ckpt is not None:
+        return ckpt.path
+    total, active = count_parameters(model)
+    print(f"pretrain: {cfg.model.ffn} model, {total / 1e6:.2f}M parameters ({active / 1e6:.2f}M active), task {task.name}, {p.steps} steps")
+
+    model.train()
+    last_path = ckpt.path if ckpt is not None else None
+    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker:
+        bar = tracking.progress(range(start, p.steps), desc="pretrain", initial=start, total=p.steps)
+        for step in bar:
+            t0 = time.perf_counter()
+            lr = common.lr_at(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
+            common.set_lr(opt, lr)
+            ids, mask = batch(tok, task, data_rng, p.batch_size, p.worked_fraction, p.notes_fraction, cfg.model.max_seq_len)
+            out = model(ids[:, :-1])
+            nll = masked_nll(out.logits_BTV, ids[:, 1:], mask[:, 1:])
+            loss = nll + out.aux_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+            opt.step()
+            dt = time.perf_counter() - t0
+            metrics = {
+                "pretrain/loss": nll.item(),
+                "pretrain/aux_loss": out.aux_loss.item(),
+                "pretrain/lr": lr,
+                "pretrain/grad_norm": float(grad_norm),
+                "pretrain/tokens_per_s": float(mask.sum()) / dt,
+                **common.moe_metrics(out.load_LE),
+            }
+            tracker.log(step + 1, metrics)
+            bar.set_postfix(loss=f"{metrics['pretrain/loss']:.3f}", refresh=False)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == p.steps:
+                last_path = checkpoint.save(run_dir, step + 1, model, opt, state=common.model_state(model), generators={"data": data_rng}, keep=cfg.keep_checkpoints)
+    return last_path
+
+
+def main(cfg: Config) -> Path:
+    run_dir = common.run_dir_for(cfg, "pretrain")
+    common.prepare_run_dir(run_dir, cfg)
+    path = run(cfg, run_dir)
+    print(f"pretrain: final checkpoint {path}")
+    return run_dir

@@ -1,0 +1,39 @@
+"""Print completions of a checkpoint for given questions (or held-out problems), with their scores."""
+
+from __future__ import annotations
+
+import torch
+
+from r1lab import rollout
+from r1lab.config import Config
+from r1lab.recipes import common
+from r1lab.rewards import RewardWeights, Score, extract_answer, format_reward
+from r1lab.tasks import get_task
+from r1lab.tokenizer import CharTokenizer
+
+
+def main(cfg: Config) -> list[str]:
+    if not cfg.init:
+        raise common.StageError("sample needs --init RUN_OR_CHECKPOINT_FOLDER")
+    common.seed_everything(cfg.seed, cfg.threads)
+    model, ckpt = common.load_model(cfg.init)
+    tok = CharTokenizer.build()
+    g = cfg.generate
+    task = get_task(cfg.task)
+    examples = None if g.questions else task.examples("test", 4, cfg.eval.seed)
+    questions = g.questions or [ex.question for ex in examples]
+    prompts = [tok.prompt_ids(q) for q in questions for _ in range(g.n)]
+    ro = rollout.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(cfg.seed))
+    texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(prompts))]
+    weights = RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight)
+    print(f"sample: {ckpt.path}, temperature {g.sample.temperature}, {g.n} per question")
+    for qi, question in enumerate(questions):
+        print(f"\n=== {question}" + (f"   (reference: {examples[qi].answer})" if examples else ""))
+        for text in texts[qi * g.n : (qi + 1) * g.n]:
+            if examples:
+                s: Score = task.score(text, examples[qi], weights)
+                verdict = f"[format {s.format:.0f} correct {s.correct:.0f}]"
+            else:
+                verdict = f"[format {format_reward(text):.0f} answer {extract_answer(text)!r}]"
+            print(f"{verdict} {text!r}")
+    return texts

@@ -1,0 +1,35 @@
+"""Task registry: a name maps to the class that implements it (one file per task).
+
+Classes are imported on first use so that ``r1lab --help`` stays fast and an optional heavy
+dependency (reasoning-gym) is only loaded by the tasks that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from r1lab.tasks.base import Example, ProceduralTask, Split, Task
+
+# name -> "module:Class". Add a task: one file in r1lab/tasks/ and one line here.
+TASKS: dict[str, str] = {
+    "chain": "r1lab.tasks.chain:ChainTask",
+    "countdown": "r1lab.tasks.countdown:CountdownTask",
+    "sort": "r1lab.tasks.sort:SortTask",
+}
+
+GYM_PREFIX = "gym:"
+
+
+def get_task(name: str) -> Task:
+    """Build a task by registry name, or ``gym:<dataset>`` for any reasoning-gym dataset."""
+    if name.startswith(GYM_PREFIX):
+        from r1lab.tasks.gym import GymTask
+
+        return GymTask(name[len(GYM_PREFIX):])
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)} or gym:<reasoning-gym dataset>")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["Example", "ProceduralTask", "Split", "Task", "TASKS", "get_task", "GYM_PREFIX"]

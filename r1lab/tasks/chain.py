@@ -1,0 +1,43 @@
+"""Integer chains: apply a few operations left to right, e.g. ``7+5*2-3`` is ((7+5)*2)-3 = 21.
+
+The default task of ``r1lab zero``. One step (``12*2=24``) is easy for a tiny model; the whole
+chain in one shot is not. So a worked solution that writes every intermediate value is far more
+accurate than a direct answer, which is what lets RL *select* reasoning (DeepSeek-R1-Zero's rising
+response length) instead of having to invent it.
+
+The question is the bare chain: every prompt character costs a tiny model context and compute,
+and the left-to-right convention is the task's definition (the worked solutions spell it out).
+"""
+
+from __future__ import annotations
+
+import random
+
+from r1lab.tasks.base import Example, ProceduralTask
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+class ChainTask(ProceduralTask):
+    name = "chain"
+
+    def __init__(self, min_ops: int = 3, max_ops: int = 3, max_value: int = 99):
+        self.min_ops, self.max_ops, self.max_value = min_ops, max_ops, max_value
+
+    def generate(self, rng: random.Random) -> Example:
+        while True:  # reject chains whose running value leaves [0, max_value]
+            value = rng.randint(1, 9)
+            expr, steps = str(value), []
+            for _ in range(rng.randint(self.min_ops, self.max_ops)):
+                op, operand = rng.choice("+-*"), rng.randint(2, 9)
+                new = _OPS[op](value, operand)
+                if not 0 <= new <= self.max_value:
+                    break
+                steps.append(f"{value}{op}{operand}={new}")
+                expr += f"{op}{operand}"
+                value = new
+            else:
+                return Example(question=expr, answer=str(value), solution="\n".join(steps))
+
+    def check(self, answer: str, example: Example) -> float:
+        return 1.0 if answer.strip() == example.answer else 0.0
