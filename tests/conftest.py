@@ -23,6 +23,7 @@ TINY = {
     "rl": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "eval_every": 2, "eval_problems": 3, "sample": {"max_new_tokens": 24}},
     "eval": {"n_problems": 3, "n_samples": 4, "ks": [1, 4], "sample": {"max_new_tokens": 24}},
     "save_every": 2,
+    "threads": 1,
     "tensorboard": False,
 }
 

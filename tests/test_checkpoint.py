@@ -20,15 +20,6 @@ from r1lab import checkpoint
 from r1lab.checkpoint import CheckpointError, CheckpointWarning
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine run ~40x faster on one intra-op thread (DESIGN.md).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Tiny(nn.Module):
     """Embedding tied to the output head, dropout (consumes torch RNG) and a buffer like an MoE
     routing bias that the training step moves outside autograd."""

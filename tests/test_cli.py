@@ -84,6 +84,19 @@ def test_zero_end_to_end_writes_the_summary(tmp_path, capsys):
     assert main(["zero", "--out", str(out), *ARGS]) == 2
 
 
+def test_zero_is_reproducible_under_a_seed(tmp_path):
+    summaries = []
+    for name in ("a", "b"):
+        assert main(["zero", "--out", str(tmp_path / name), *ARGS, "--seed", "3"]) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary.pop("wall_s")
+        summaries.append(summary)
+    assert summaries[0] == summaries[1]
+    a = load_file(tmp_path / "a" / "rl" / "checkpoints" / "step_3" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "rl" / "checkpoints" / "step_3" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

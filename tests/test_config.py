@@ -7,6 +7,7 @@ def test_defaults_are_valid_and_overrides_apply_with_types():
     cfg = C.build({"rl": {"group_size": 16}}, C.parse_overrides(["--model.ffn", "dense", "--eval.ks", "[1, 4]", "--resume", "--rl.lr=0.5"]))
     assert (cfg.rl.group_size, cfg.model.ffn, cfg.eval.ks, cfg.resume, cfg.rl.lr) == (16, "dense", [1, 4], True, 0.5)
     assert isinstance(C.build(C.parse_overrides(["--rl.lr", "1"])).rl.lr, float)
+    assert C.build(C.parse_overrides(["--rl.lr", "1e-4"])).rl.lr == 1e-4  # YAML 1.1 reads this as a string
 
 
 @pytest.mark.parametrize(

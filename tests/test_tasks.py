@@ -16,7 +16,7 @@ from r1lab.tasks.countdown import MAX_ANSWER_CHARS, CountdownTask, evaluate_expr
 from r1lab.tasks.gym import GymTask
 from r1lab.tasks.sort import SortTask, selection_sort_steps
 
-NAMES = ["chain", "countdown", "sort", "gym:basic_arithmetic", "gym:spell_backward"]
+NAMES = ["chain", "hops", "countdown", "sort", "gym:basic_arithmetic", "gym:spell_backward"]
 _CACHE: dict[str, object] = {}
 
 
@@ -103,6 +103,35 @@ def test_chain_solution_last_value_is_the_answer():
         ex = t.sample(rng, "train")
         assert ex.solution.splitlines()[-1].split("=")[-1] == ex.answer
         assert t.check(ex.solution.splitlines()[-1].split("=")[-1], ex) == 1.0
+
+
+def test_chain_steps_apply_the_operations_left_to_right():
+    ex = task("chain").sample(random.Random(0), "train")
+    value = int(ex.question[0])
+    for line, (op, operand) in zip(ex.solution.splitlines(), re.findall(r"([-+*])(\d)", ex.question)):
+        value = {"+": value + int(operand), "-": value - int(operand), "*": value * int(operand)}[op]
+        assert line.endswith(f"={value}")
+    assert str(value) == ex.answer
+
+
+# ---- hops -------------------------------------------------------------------------------------
+
+def test_hops_follow_one_cycle_through_every_letter():
+    t, rng = task("hops"), random.Random(3)
+    for _ in range(200):
+        ex = t.sample(rng, "train")
+        table, query = ex.question.split("|")
+        pointer = dict(pair.split(">") for pair in table.split())
+        here, seen = query[0], set()
+        for _ in range(len(pointer)):
+            seen.add(here)
+            here = pointer[here]
+        assert seen == set(pointer) and here == query[0]  # a single cycle, no shortcut
+        here = query[0]
+        for line in ex.solution.splitlines():
+            assert line == f"{here}>{pointer[here]}"
+            here = pointer[here]
+        assert here == ex.answer and len(ex.solution.splitlines()) == int(query[1:])
 
 
 # ---- countdown --------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
 
 
 def seed_everything(seed: int, threads: int) -> None:
-    # One intra-op thread by default: on 2 shared cores, tiny matmuls with two threads were 50x
-    # slower when another process competed (DESIGN.md). Results are then also bit-reproducible.
+    # Set on purpose, never left to torch's default: on an idle 2-core machine 2 threads halve a
+    # step (benchmarks/threads.py), but with another busy process tiny matmuls on 2 threads were
+    # up to 50x slower than on 1 (DESIGN.md). A fixed count also keeps runs bit-reproducible.
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)

@@ -24,25 +24,27 @@ from r1lab.tasks import Task, get_task
 from r1lab.tokenizer import CharTokenizer
 
 
-def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float, notes_fraction: float) -> list[int]:
-    """One corpus document: a bare worked solution ("notes", outside the chat template), or a
-    question with a worked or a direct answer in the R1 template."""
+def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float) -> list[int]:
+    """One corpus document: a train question with a worked or a direct answer in the R1 template."""
     ex = task.sample(rng, "train")
-    if ex.solution and rng.random() < notes_fraction:
-        return [tok.bos_id] + tok.encode(ex.solution) + [tok.eos_id]
     worked = bool(ex.solution) and rng.random() < worked_fraction
     completion = tok.completion_text(ex.solution if worked else "", ex.answer)
     return tok.prompt_ids(ex.question) + tok.encode(completion) + [tok.eos_id]
 
 
-def batch(tok: CharTokenizer, task: Task, rng: random.Random, size: int, worked_fraction: float, notes_fraction: float, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded documents (B, T) and their real-token mask (documents longer than the model's
-    context are cut: the task should not produce them)."""
-    docs = [document(tok, task, rng, worked_fraction, notes_fraction)[:max_len] for _ in range(size)]
-    T = max(len(d) for d in docs)
-    ids = torch.full((size, T), tok.pad_id, dtype=torch.long)
-    for i, d in enumerate(docs):
-        ids[i, : len(d)] = torch.tensor(d)
+def batch(tok: CharTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` sequences of ``seq_len`` tokens, each packed with whole documents (GPT-style
+    packing: plain causal attention across document boundaries, every document opening with
+    bos), right-padded after the last document that fits; a document that does not fit opens
+    the next row. Returns ids and the real-token mask."""
+    ids = torch.full((rows, seq_len), tok.pad_id, dtype=torch.long)
+    doc = document(tok, task, rng, worked_fraction)[:seq_len]
+    for r in range(rows):
+        filled = 0
+        while filled + len(doc) <= seq_len:
+            ids[r, filled : filled + len(doc)] = torch.tensor(doc)
+            filled += len(doc)
+            doc = document(tok, task, rng, worked_fraction)[:seq_len]  # may open the next row
     return ids, ids != tok.pad_id
 
 
@@ -75,7 +77,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
             t0 = time.perf_counter()
             lr = common.lr_at(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
             common.set_lr(opt, lr)
-            ids, mask = batch(tok, task, data_rng, p.batch_size, p.worked_fraction, p.notes_fraction, cfg.model.max_seq_len)
+            ids, mask = batch(tok, task, data_rng, p.batch_size, p.worked_fraction, cfg.model.max_seq_len)
             out = model(ids[:, :-1])
             nll = masked_nll(out.logits_BTV, ids[:, 1:], mask[:, 1:])
             loss = nll + out.aux_loss

@@ -54,6 +54,12 @@ def main(cfg: Config) -> Path:
     rl_ckpt = rl.run(cfg, run_dir / "rl", base_ckpt)
     tuned = _evaluate(cfg, rl_ckpt, run_dir / "eval" / "rl.json", "eval rl")
 
+    # R1-Zero's signature: held-out pass@1 and completion length rising together over RL steps.
+    curve = [
+        {"step": row["step"], "pass@1": row["eval/pass@1"], "mean_len": row["eval/mean_len"], "train_correct_rate": row["rollout/correct_rate"]}
+        for row in tracking.read_metrics(run_dir / "rl" / "metrics.jsonl")
+        if "eval/pass@1" in row
+    ]
     summary = {
         "task": cfg.task,
         "base": {k: base.metrics[k] for k in SUMMARY_KEYS if k in base.metrics},
@@ -61,8 +67,11 @@ def main(cfg: Config) -> Path:
         "wall_s": time.time() - t0,
         "eval": {"split": cfg.eval.split, "n_problems": cfg.eval.n_problems, "n": cfg.eval.n_samples, "temperature": cfg.eval.sample.temperature},
         "resumed": cfg.resume,
+        "rl_curve": curve,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if curve:
+        print(tracking.format_table(curve, title=f"GRPO progress: held-out pass@1 ({cfg.rl.eval_problems} problems x 2 samples) and mean completion length"))
     rows = [{"model": name, **res.metrics} for name, res in (("base", base), ("rl", tuned))]
     print(tracking.format_table(rows, title=f"r1lab zero on {cfg.task}: held-out {cfg.eval.split} split, {cfg.eval.n_problems} problems, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature}"))
     print(f"zero: pass@1 {base.metrics['pass@1']:.3f} -> {tuned.metrics['pass@1']:.3f} in {summary['wall_s']:.0f} s; summary {run_dir / 'summary.json'}")

@@ -13,6 +13,7 @@ from r1lab.tasks.base import Example, ProceduralTask, Split, Task
 # name -> "module:Class". Add a task: one file in r1lab/tasks/ and one line here.
 TASKS: dict[str, str] = {
     "chain": "r1lab.tasks.chain:ChainTask",
+    "hops": "r1lab.tasks.hops:HopsTask",
     "code": "r1lab.tasks.code:CodeTask",
     "humaneval": "r1lab.tasks.humaneval:HumanEvalTask",
     "countdown": "r1lab.tasks.countdown:CountdownTask",
