@@ -6,8 +6,13 @@
     r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
     r1lab sample "7+5*2-3" --init runs/rl
 
-Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input ends in one line on
-stderr and exit code 2 (``--debug`` shows the traceback instead).
+Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
+checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2
+(``--debug`` shows the traceback instead).
+
+Exit codes: 0 done; 2 bad input or a failed checkpoint write; 3 stopped after ``max_bad_steps``
+consecutive non-finite steps; 130 (Ctrl-C) or 143 (SIGTERM) stopped gracefully after a step and a
+checkpoint; continue a stopped run with ``--resume``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import textwrap
 from r1lab import config as config_lib
 from r1lab.checkpoint import CheckpointError
 from r1lab.config import ConfigError
-from r1lab.recipes.common import StageError
+from r1lab.recipes.common import RunStopped, StageError
 
 # stage -> (module with main(cfg), one-line description, config sections it reads)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -29,7 +34,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
 }
-COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "tensorboard")
+COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
 
 
 def usage() -> str:
@@ -88,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
         get_task(cfg.task)  # fail on an unknown task before any work
         importlib.import_module(STAGES[stage][0]).main(cfg)
-    except (ConfigError, StageError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except RunStopped as err:  # a graceful stop (signal, non-finite steps): checkpoints intact
+        print(f"r1lab: {err}", file=sys.stderr)
+        return err.exit_code
+    except (ConfigError, StageError, CheckpointError, ValueError, OSError) as err:
+        # OSError: a path the user gave that cannot be read or written (missing, a folder, no
+        # permission, a full disk); its message names the path.
         if debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -9,6 +9,7 @@ values raise ``ConfigError`` naming the key; the CLI turns that into a one-line 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -153,7 +154,7 @@ class GenerateConfig:
 @dataclass
 class Config:
     task: str = "chain"
-    "task name (see r1lab.tasks.TASKS) or gym:<reasoning-gym dataset>"
+    "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
     out: str = ""
     "run folder; empty means runs/<stage>-<time>"
     init: str = ""
@@ -168,6 +169,8 @@ class Config:
     "checkpoint every N optimizer steps (and at the end)"
     keep_checkpoints: int = 2
     "how many recent checkpoints to keep"
+    max_bad_steps: int = 3
+    "a step whose loss or gradient is NaN or infinite is skipped (no update) and reported; this many in a row stop the run (exit 3), its last good checkpoint intact"
     log_every: int = 10
     "print a progress line every N steps"
     tensorboard: bool = True
@@ -182,7 +185,7 @@ class Config:
         """Raise ConfigError naming the first impossible value; return self."""
         m, p, r, e = self.model, self.pretrain, self.rl, self.eval
         checks = [
-            ("model.d_model", m.d_model > 0 and m.d_model % m.n_heads == 0, "must be a positive multiple of model.n_heads"),
+            ("model.d_model", m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0, "must be a positive multiple of model.n_heads"),
             ("model.n_heads", m.n_heads > 0 and m.n_heads % max(m.n_kv_heads, 1) == 0, "must be a positive multiple of model.n_kv_heads"),
             ("model.n_kv_heads", m.n_kv_heads > 0, "must be positive"),
             ("model.n_layers", m.n_layers > 0, "must be positive"),
@@ -207,10 +210,15 @@ class Config:
             ("eval.n_samples", e.n_samples >= 1, "must be >= 1"),
             ("eval.n_problems", e.n_problems >= 1, "must be >= 1"),
             ("eval.ks", bool(e.ks) and all(1 <= k <= e.n_samples for k in e.ks), f"each k must be between 1 and eval.n_samples ({e.n_samples})"),
-            ("threads", self.threads >= 1, "must be >= 1"),
+            ("threads", 1 <= self.threads <= 1024, "must be between 1 and 1024"),
+            ("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32) (numpy's seed range)"),
+            ("eval.seed", 0 <= e.seed < 2**32, "must be in [0, 2**32)"),
             ("save_every", self.save_every >= 1, "must be >= 1"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
+            ("max_bad_steps", self.max_bad_steps >= 1, "must be >= 1"),
         ]
+        # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
+        checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks
         for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample)):
             checks += [
                 (f"{prefix}.temperature", s.temperature > 0, "must be positive (use a small value for near-greedy)"),
@@ -221,6 +229,18 @@ class Config:
             if not ok:
                 raise ConfigError(f"config key {key}: {why}")
         return self
+
+
+def _floats(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every float field of a config dataclass, nested ones included."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _floats(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            out.append((f"{prefix}{f.name}", value))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +262,10 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unions are not supported in configs ({key})")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"config key {key}: the integer is too large for a float") from None
     if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
@@ -287,7 +310,7 @@ def parse_overrides(args: list[str]) -> dict:
             raw = "true"
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: a YAML timestamp such as 2001-13-45
             value = raw
         node = out
         *parents, leaf = key.replace("-", "_").split(".")
@@ -306,7 +329,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: not UTF-8, or a bad YAML timestamp
         raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if data is None:
         return {}

@@ -57,7 +57,7 @@ def policy_loss(
         delta = ref_logp_NT - logp_NT
         kl_NT = torch.exp(delta) - delta - 1.0
         per_token = per_token + kl_coef * kl_NT
-        kl_value = float((kl_NT * mask).sum() / n_tokens)
+        kl_value = float((kl_NT.detach() * mask).sum() / n_tokens)
     loss = (per_token * mask).sum() / n_tokens
     with torch.no_grad():
         was_clipped = clipped < unclipped  # the clipped term is the one that counts

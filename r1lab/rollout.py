@@ -81,7 +81,9 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     for _ in range(budget):
         token, logp = _sample_token(logits, cfg, gen)
         token = torch.where(alive, token, torch.full_like(token, pad_id))
-        toks.append(token), logps.append(torch.where(alive, logp, 0.0)), valid.append(alive.clone())
+        toks.append(token)
+        logps.append(torch.where(alive, logp, 0.0))
+        valid.append(alive.clone())  # the eos token itself counts; what follows it does not
         mask = torch.cat([mask, alive[:, None]], dim=1)
         alive = alive & (token != eos_id)
         if not alive.any() or len(toks) == budget:

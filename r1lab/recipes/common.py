@@ -1,18 +1,24 @@
 """What every stage does the same way: run folders, seeding, threads, building or loading the
-model, the optimizer and the learning-rate schedule. Loops stay in the recipes."""
+model, the optimizer and the learning-rate schedule, and the mechanics that let a run survive:
+a graceful stop on SIGTERM/Ctrl-C (``StopFlag``) and the non-finite guard (``nonfinite_guard``,
+``count_bad_step``). Loops stay in the recipes: these are plain functions they call."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from r1lab import checkpoint
+from r1lab import checkpoint, tracking
 from r1lab import config as config_lib
 from r1lab.config import Config, ConfigError, ModelConfig
 from r1lab.model.transformer import Transformer
@@ -21,6 +27,99 @@ from r1lab.tokenizer import CharTokenizer
 
 class StageError(RuntimeError):
     """A problem with the user's input that the CLI reports in one line (exit 2)."""
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on purpose before its last step, its checkpoints intact: a signal
+    (exit 128 + signal number: 130 for Ctrl-C, 143 for SIGTERM) or too many non-finite steps in a
+    row (exit 3). The CLI prints the one-line message and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+NONFINITE_EXIT = 3
+"exit code of a run stopped by ``max_bad_steps`` consecutive non-finite steps"
+
+
+class StopFlag:
+    """``with StopFlag() as stop:`` turns SIGTERM and SIGINT into a request to stop after the
+    current step; the loop saves a checkpoint and calls ``stop.check``. A second signal stops at
+    once (``KeyboardInterrupt``): checkpoints are atomic, so that loses at most the steps since
+    the last one. The previous handlers come back on exit. Off the main thread (where Python
+    cannot install handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        # os.write, not print: a handler that prints while the loop is printing raises "reentrant call".
+        os.write(2, f"r1lab: {signal.Signals(signum).name} received: stopping after this step (send it again to stop at once)\n".encode())
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
+
+    def check(self, step: int, total: int, last_path: Path | None) -> None:
+        """Raise ``RunStopped`` if a stop was requested and ``step`` is not the last one. Call it
+        after the step's checkpoint is saved."""
+        if step < total:
+            self.check_done(f"step {step}; checkpoint {last_path}")
+
+    def check_done(self, what: str) -> None:
+        """Raise ``RunStopped`` if a stop was requested, saying that ``what`` was completed."""
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise RunStopped(f"stopped by {name} after {what}; rerun the same command with --resume to continue",
+                             exit_code=128 + self.signum)
+
+
+def nonfinite_guard(loss: torch.Tensor, model: torch.nn.Module) -> str | None:
+    """Which quantity is NaN or infinite after ``loss.backward()``: ``"loss (nan)"``,
+    ``"gradient of <parameter>"``, or None when all are finite. Call it before clipping (a
+    non-finite norm would spread NaN to every gradient and hide the culprit) and skip the update
+    when it names something: one bad step would otherwise poison the weights and Adam's moments."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return f"loss ({value})"
+    for name, p in model.named_parameters():
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            return f"gradient of {name}"
+    return None
+
+
+def count_bad_step(bad: str | None, bad_steps: int, step: int, max_bad_steps: int, last_path: Path | None) -> int:
+    """The new count of consecutive skipped steps after ``step`` (``bad`` from ``nonfinite_guard``).
+    Warns on stderr naming the step and the quantity; raises ``RunStopped`` (exit 3) when the
+    count reaches ``max_bad_steps``, before anything is saved, so the last good checkpoint is
+    what remains."""
+    if bad is None:
+        return 0
+    bad_steps += 1
+    print(f"r1lab: warning: step {step}: non-finite {bad}; update skipped ({bad_steps} in a row, stop at {max_bad_steps})",
+          file=sys.stderr, flush=True)
+    if bad_steps >= max_bad_steps:
+        raise RunStopped(f"stopped at step {step}: {bad_steps} consecutive steps with a non-finite loss or gradient "
+                         f"(last: {bad}); last good checkpoint {last_path}", exit_code=NONFINITE_EXIT)
+    return bad_steps
 
 
 def run_dir_for(cfg: Config, stage: str) -> Path:
@@ -115,4 +214,14 @@ def moe_metrics(load_LE: torch.Tensor | None) -> dict[str, float]:
     return {"moe/load_max_over_mean": float(ratio.mean())}
 
 
-__all__ = ["ConfigError", "StageError"]
+__all__ = ["ConfigError", "RunStopped", "StageError", "StopFlag", "count_bad_step", "nonfinite_guard"]
+
+
+def print_stage_summary(run_dir: Path, stage: str, keys: list[str]) -> None:
+    """The short table a stage ends with: first and last logged values of ``keys``, and the
+    stage's wall time from its metrics file."""
+    rows = tracking.read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return
+    table = [{"": label, "step": row["step"], **{k: row[k] for k in keys if k in row}} for label, row in (("first", rows[0]), ("last", rows[-1]))]
+    print(tracking.format_table(table, title=f"{stage}: {run_dir}, {rows[-1]['time'] - rows[0]['time']:.0f} s from first to last logged step"))

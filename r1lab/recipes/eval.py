@@ -7,6 +7,7 @@ measured on the same problems with the same random stream.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -61,7 +62,9 @@ def main(cfg: Config) -> Path:
     task = get_task(cfg.task)
     result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight))
     out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / "eval"
-    path = out / f"{task.name.replace(':', '_')}-{cfg.eval.split}-step{ckpt.step}.json"
+    # A file name from the task name: jsonl:<path> holds slashes, gym:<name> a colon.
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.name).strip("_")
+    path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
     save_result(result, path)
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))
     print(f"eval: wrote {path}")

@@ -57,12 +57,12 @@ def run(cfg: Config, run_dir: Path) -> Path:
     data_rng = random.Random(cfg.seed)
     model = common.new_model(cfg.model, tok.vocab_size)
     opt = common.make_optimizer(model, p.lr, p.weight_decay)
-    start = 0
+    start, bad_steps = 0, 0
     ckpt = checkpoint.load_latest(run_dir) if cfg.resume else None
     if ckpt is not None:
         checkpoint.apply(model, ckpt, opt)
         checkpoint.restore_rng(ckpt.rng, generators={"data": data_rng})
-        start = ckpt.step
+        start, bad_steps = ckpt.step, ckpt.state.get("bad_steps", 0)
         print(f"resuming pretraining from {ckpt.path} (step {start})")
     if start >= p.steps and ckpt is not None:
         return ckpt.path
@@ -71,7 +71,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
 
     model.train()
     last_path = ckpt.path if ckpt is not None else None
-    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker:
+    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop:
         bar = tracking.progress(range(start, p.steps), desc="pretrain", initial=start, total=p.steps)
         for step in bar:
             t0 = time.perf_counter()
@@ -83,8 +83,11 @@ def run(cfg: Config, run_dir: Path) -> Path:
             loss = nll + out.aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
-            opt.step()
+            bad = common.nonfinite_guard(loss, model)  # NaN/Inf: skip the update, keep the weights
+            grad_norm = float("nan")
+            if bad is None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+                opt.step()
             dt = time.perf_counter() - t0
             metrics = {
                 "pretrain/loss": nll.item(),
@@ -92,12 +95,16 @@ def run(cfg: Config, run_dir: Path) -> Path:
                 "pretrain/lr": lr,
                 "pretrain/grad_norm": float(grad_norm),
                 "pretrain/tokens_per_s": float(mask.sum()) / dt,
+                "pretrain/skipped_nonfinite": int(bad is not None),
                 **common.moe_metrics(out.load_LE),
             }
             tracker.log(step + 1, metrics)
+            bad_steps = common.count_bad_step(bad, bad_steps, step + 1, cfg.max_bad_steps, last_path)
             bar.set_postfix(loss=f"{metrics['pretrain/loss']:.3f}", refresh=False)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == p.steps:
-                last_path = checkpoint.save(run_dir, step + 1, model, opt, state=common.model_state(model), generators={"data": data_rng}, keep=cfg.keep_checkpoints)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == p.steps or stop.requested:
+                state = {**common.model_state(model), "bad_steps": bad_steps}
+                last_path = checkpoint.save(run_dir, step + 1, model, opt, state=state, generators={"data": data_rng}, keep=cfg.keep_checkpoints)
+            stop.check(step + 1, p.steps, last_path)
     return last_path
 
 
@@ -105,5 +112,6 @@ def main(cfg: Config) -> Path:
     run_dir = common.run_dir_for(cfg, "pretrain")
     common.prepare_run_dir(run_dir, cfg)
     path = run(cfg, run_dir)
+    common.print_stage_summary(run_dir, "pretrain", ["pretrain/loss", "pretrain/lr", "pretrain/tokens_per_s", "moe/load_max_over_mean"])
     print(f"pretrain: final checkpoint {path}")
     return run_dir

@@ -39,12 +39,12 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     sample_gen = torch.Generator().manual_seed(cfg.seed)
     extra = {"ref_model": ref} if ref is not None else {}
 
-    start = 0
+    start, bad_steps = 0, 0
     ckpt = checkpoint.load_latest(run_dir) if cfg.resume else None
     if ckpt is not None:
         checkpoint.apply(policy, ckpt, opt, extra_models=extra)
         checkpoint.restore_rng(ckpt.rng, generators={"data": data_rng, "sample": sample_gen})
-        start = ckpt.step
+        start, bad_steps = ckpt.step, ckpt.state.get("bad_steps", 0)
         print(f"resuming RL from {ckpt.path} (step {start})")
         if start >= r.steps:
             return ckpt.path
@@ -53,7 +53,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
     last_path = ckpt.path if ckpt is not None else init_ckpt.path
     policy.train()
-    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker:
+    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop:
         bar = tracking.progress(range(start, r.steps), desc="rl", initial=start, total=r.steps)
         for step in bar:
             t0 = time.perf_counter()
@@ -82,8 +82,13 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 if update == 0:  # sampler and trainer ran the same weights: their log-probs must agree
                     mismatch = (logp.detach() - ro.logprobs)[ro.completion_mask].abs()
                 out = rl.policy_loss(logp, ro.logprobs, adv_N, ro.completion_mask, r.clip_eps, ref_logp, r.kl_coef)
+                loss = out.loss + aux
                 opt.zero_grad(set_to_none=True)
-                (out.loss + aux).backward()
+                loss.backward()
+                bad = common.nonfinite_guard(loss, policy)  # NaN/Inf: skip the rest of this batch's updates
+                if bad is not None:
+                    grad_norm = float("nan")
+                    break
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), r.grad_clip if r.grad_clip > 0 else float("inf"))
                 opt.step()
             t_train = time.perf_counter() - t1
@@ -105,6 +110,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 "train/clip_frac": out.clip_frac,
                 "train/grad_norm": float(grad_norm),
                 "train/lr": opt.param_groups[0]["lr"],
+                "train/skipped_nonfinite": int(bad is not None),
                 "time/sample_s": t_sample,
                 "time/train_s": t_train,
             }
@@ -114,10 +120,13 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 metrics["eval/mean_len"] = res.metrics["mean_len"]
                 policy.train()
             tracker.log(step + 1, metrics)
+            bad_steps = common.count_bad_step(bad, bad_steps, step + 1, cfg.max_bad_steps, last_path)
             bar.set_postfix({"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"}, refresh=False)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == r.steps:
-                last_path = checkpoint.save(run_dir, step + 1, policy, opt, state=common.model_state(policy), extra_models=extra,
+            if (step + 1) % cfg.save_every == 0 or step + 1 == r.steps or stop.requested:
+                state = {**common.model_state(policy), "bad_steps": bad_steps}
+                last_path = checkpoint.save(run_dir, step + 1, policy, opt, state=state, extra_models=extra,
                                             generators={"data": data_rng, "sample": sample_gen}, keep=cfg.keep_checkpoints)
+            stop.check(step + 1, r.steps, last_path)
     return last_path
 
 
@@ -127,5 +136,6 @@ def main(cfg: Config) -> Path:
     run_dir = common.run_dir_for(cfg, "rl")
     common.prepare_run_dir(run_dir, cfg)
     path = run(cfg, run_dir, cfg.init)
+    common.print_stage_summary(run_dir, "rl", ["rollout/reward_mean", "rollout/correct_rate", "rollout/mean_len", "rollout/zero_var_group_frac", "eval/pass@1"])
     print(f"rl: final checkpoint {path}")
     return run_dir

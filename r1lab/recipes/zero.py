@@ -48,11 +48,16 @@ def main(cfg: Config) -> Path:
     common.prepare_run_dir(run_dir, cfg)
     print(f"zero: run folder {run_dir}")
 
-    base_ckpt = pretrain.run(cfg, run_dir / "pretrain")
-    base = _evaluate(cfg, base_ckpt, run_dir / "eval" / "base.json", "eval base")
-    print(tracking.format_table([{"model": "base", **base.metrics}], title="base model, held-out"))
-    rl_ckpt = rl.run(cfg, run_dir / "rl", base_ckpt)
-    tuned = _evaluate(cfg, rl_ckpt, run_dir / "eval" / "rl.json", "eval rl")
+    # Each training stage stops gracefully on its own (after a step, with a checkpoint); this flag
+    # covers the evaluations in between, which are redone or reused on --resume.
+    with common.StopFlag() as stop:
+        base_ckpt = pretrain.run(cfg, run_dir / "pretrain")
+        common.print_stage_summary(run_dir / "pretrain", "pretrain", ["pretrain/loss", "pretrain/tokens_per_s", "moe/load_max_over_mean"])
+        base = _evaluate(cfg, base_ckpt, run_dir / "eval" / "base.json", "eval base")
+        print(tracking.format_table([{"model": "base", **base.metrics}], title="base model, held-out"))
+        stop.check_done("the base model's evaluation")
+        rl_ckpt = rl.run(cfg, run_dir / "rl", base_ckpt)
+        tuned = _evaluate(cfg, rl_ckpt, run_dir / "eval" / "rl.json", "eval rl")
 
     # R1-Zero's signature: held-out pass@1 and completion length rising together over RL steps.
     curve = [

@@ -21,18 +21,24 @@ TASKS: dict[str, str] = {
 }
 
 GYM_PREFIX = "gym:"
+JSONL_PREFIX = "jsonl:"
 
 
 def get_task(name: str) -> Task:
-    """Build a task by registry name, or ``gym:<dataset>`` for any reasoning-gym dataset."""
+    """Build a task by registry name, ``gym:<dataset>`` for any reasoning-gym dataset, or
+    ``jsonl:<path>`` for a file of ``{"question", "answer"}`` rows."""
     if name.startswith(GYM_PREFIX):
         from r1lab.tasks.gym import GymTask
 
         return GymTask(name[len(GYM_PREFIX):])
+    if name.startswith(JSONL_PREFIX):
+        from r1lab.tasks.jsonl import JsonlTask
+
+        return JsonlTask(name[len(JSONL_PREFIX):])
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)} or gym:<reasoning-gym dataset>")
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}, gym:<reasoning-gym dataset> or jsonl:<path>")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["Example", "ProceduralTask", "Split", "Task", "TASKS", "get_task", "GYM_PREFIX"]
+__all__ = ["Example", "ProceduralTask", "Split", "Task", "TASKS", "get_task", "GYM_PREFIX", "JSONL_PREFIX"]

@@ -1,0 +1,221 @@
+"""Bad input of every kind ends in a clean error: a ConfigError/ValueError of one line from the
+library, and one line on stderr with exit code 2 from the CLI, never a traceback.
+
+Property-based: random nested configs and random dataset files (bytes and JSON rows). The number
+of inputs tried and of clean errors is printed (``pytest -s tests/test_bad_input.py``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import TINY, overrides
+from r1lab import config as config_lib
+from r1lab.cli import main
+from r1lab.config import ConfigError
+from r1lab.tasks import get_task
+from r1lab.tasks.jsonl import JsonlTask
+
+KEYS = [k for k, _, _ in config_lib.describe()]
+SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k})
+TALLY: dict[str, list[int]] = {}  # test -> [inputs tried, clean errors]
+
+
+def tally(name: str, clean_error: bool) -> None:
+    counts = TALLY.setdefault(name, [0, 0])
+    counts[0] += 1
+    counts[1] += clean_error
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    for name, (tried, clean) in TALLY.items():
+        print(f"\n{name}: {tried} inputs, {clean} clean errors, {tried - clean} accepted")
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.sampled_from(["moe", "dense", "test", "1e-4", "nan", ".inf", "chain", "jsonl:/nonexistent"]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+# Mostly real keys, so that the examples reach the type and value checks, not just "unknown key".
+leaf_keys = st.sampled_from(KEYS) | st.text(max_size=10)
+configs = st.dictionaries(leaf_keys, values, max_size=4) | st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from([k.split(".", 1)[-1] for k in KEYS]), values, max_size=3), max_size=3)
+
+
+def nest(flat: dict) -> dict:
+    """{'rl.group_size': 1} -> {'rl': {'group_size': 1}} (later keys win on a clash)."""
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".") if isinstance(key, str) else [key]
+        node = out
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(configs)
+def test_random_configs_build_or_raise_config_error(layer):
+    try:
+        config_lib.build(nest(layer))
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        tally("configs via config.build", True)
+    else:
+        tally("configs via config.build", False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(KEYS) | st.text(min_size=1, max_size=8), values), max_size=3))
+def test_random_command_lines_end_in_one_line_and_exit_2(capsys, pairs):
+    # The stage reads --init last, from a folder that does not exist: a valid config still ends in
+    # a one-line error (no training), so every example must exit 2.
+    argv = ["eval"]
+    for key, value in pairs:
+        if key in ("init", "config", "debug", "h", "help", "threads"):  # threads: would resize this process's pool
+            continue
+        argv += [f"--{key}", json.dumps(value, allow_nan=True)]
+    code = main([*argv, "--init", "/nonexistent/run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("r1lab: error: ") and "Traceback" not in err, (argv, err)
+    tally("command lines via r1lab eval", True)
+
+
+def _load(data: bytes, directory: Path):
+    path = directory / "rows.jsonl"
+    path.write_bytes(data)
+    try:
+        task = JsonlTask(path)
+    except ValueError as err:
+        message = str(err)
+        assert "\n" not in message and str(path) in message, message
+        return None
+    return task
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["question", "answer", "solution", "id"]) | st.text(max_size=5), inner, max_size=4),
+    max_leaves=6,
+)
+good_row = st.builds(lambda q, a: {"question": q, "answer": a}, st.text(min_size=1, max_size=10).filter(str.strip), st.text(min_size=1, max_size=4).filter(str.strip))
+rows = st.lists(good_row | json_values, min_size=0, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | rows.map(lambda rs: "\n".join(json.dumps(r) for r in rs).encode()))
+def test_random_dataset_files_load_or_raise_one_line_value_error(data):
+    with tempfile.TemporaryDirectory() as d:
+        task = _load(data, Path(d))
+        tally("dataset files via jsonl:<path>", task is None)
+        if task is not None:  # whatever was accepted is usable: both splits, exact-match scoring
+            ex = task.pool("train")[0]
+            assert task.check(f"  {ex.answer} ", ex) == 1.0 and task.pool("test")
+
+
+def test_dataset_rows_are_split_by_question_and_scored_by_exact_match(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"question": f"{i}+{i}", "answer": str(2 * i), "solution": f"{i}+{i}={2 * i}"}) for i in range(200)]
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    task = get_task(f"jsonl:{path}")
+    train, test = task.pool("train"), task.pool("test")
+    assert len(train) + len(test) == 200 and 5 <= len(test) <= 40
+    assert not {e.question for e in train} & {e.question for e in test}
+    path.write_text("\n".join(reversed(lines)), encoding="utf-8")  # order does not move a row's split
+    assert {e.question for e in JsonlTask(path).pool("test")} == {e.question for e in test}
+    ex = test[0]
+    assert task.check(ex.answer, ex) == 1.0 and task.check(ex.answer + "0", ex) == 0.0
+    assert ex.solution.endswith(ex.answer)
+    # End to end: pretrain on the file's train rows, evaluate on its held-out rows.
+    args = [*overrides(TINY), "--task", f"jsonl:{path}", "--pretrain.steps", "2"]
+    assert main(["pretrain", "--out", str(tmp_path / "base"), *args]) == 0
+    assert main(["eval", "--init", str(tmp_path / "base"), "--out", str(tmp_path / "eval"), *args]) == 0
+    (result,) = (tmp_path / "eval").iterdir()
+    assert result.name.startswith("jsonl_") and json.loads(result.read_text())["n"] == 4
+
+
+BAD_DATASETS = [
+    (b"", "is empty"),
+    (b"\n  \n", "is empty"),
+    (b'{"question": "1+1", "answer": "2"}\n\xff\xfe\n', ":2: not UTF-8"),
+    (b'{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": 4}\n', ":2: 'answer' must be a non-empty string (got int)"),
+    (b'{"question": "1+1", "answer": "2"}\n{"question": "2+2"\n', ":2: not valid JSON"),
+    (b'["1+1", "2"]\n', ":1: expected a JSON object"),
+    (b'{"answer": "2"}\n', ":1: 'question' must be a non-empty string (missing)"),
+    (b'{"question": " ", "answer": "2"}\n', ":1: 'question' must be a non-empty string (empty)"),
+    (b'{"question": "1+1", "answer": "2", "solution": 3}\n', ":1: 'solution' must be a string"),
+    (b'{"question": "1+1", "answer": "2", "anwser": "2"}\n', ":1: unknown field 'anwser'"),
+    (b'{"question": "\\ud800", "answer": "2"}\n', ":1: 'question' holds an invalid Unicode escape"),
+    (b'{"question": "1+1", "answer": "2"}\n', "needs at least 2"),
+]
+
+
+@pytest.mark.parametrize("data,needle", BAD_DATASETS)
+def test_bad_dataset_is_one_line_naming_file_and_line_exit_2(data, needle, tmp_path, capsys):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(data)
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--task", f"jsonl:{path}", *overrides(TINY)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()  # failed before any work
+
+
+def test_missing_dataset_and_debug_traceback(tmp_path, capsys):
+    assert main(["eval", "--task", f"jsonl:{tmp_path}/nope.jsonl", "--init", "x"]) == 2
+    assert f"dataset {tmp_path}/nope.jsonl does not exist" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        main(["eval", "--task", f"jsonl:{tmp_path}/nope.jsonl", "--init", "x", "--debug"])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad") / "base"
+    assert main(["pretrain", "--out", str(out), *overrides(TINY), "--pretrain.steps", "2"]) == 0
+    return out
+
+
+def test_checkpoint_of_another_vocabulary_or_truncated_is_one_line(base_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(base_run / "checkpoints" / "step_2", other)
+    state = json.loads((other / "state.json").read_text())
+    state["state"]["vocab_size"] += 7
+    (other / "state.json").write_text(json.dumps(state))
+    assert main(["eval", "--init", str(other), *overrides(TINY)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vocabulary size" in err and str(other) in err
+    truncated = tmp_path / "truncated"
+    shutil.copytree(base_run / "checkpoints" / "step_2", truncated)
+    opt = truncated / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:50])
+    assert main(["rl", "--out", str(tmp_path / "rl"), "--init", str(truncated), *overrides(TINY)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "optimizer.pt is truncated" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["pretrain", "--max_bad_steps", "0"], "max_bad_steps"),
+    (["pretrain", "--pretrain.lr", ".inf"], "pretrain.lr: must be a finite number"),
+    (["pretrain", "--rl.clip_eps", "nan"], "rl.clip_eps"),
+    (["pretrain", "--model.n_heads", "0"], "model.d_model"),
+    (["pretrain", "--model.init_std", "1" + "0" * 400], "model.init_std"),
+    (["pretrain", "--threads", "two"], "threads"),
+    (["eval", "--init", "x", "--threads", "1000000000"], "threads"),
+    (["eval", "--init", "x", "--seed", "-1"], "seed"),
+    (["pretrain", "--task", "jsonl:/tmp"], "dataset /tmp cannot be read: Is a directory"),
+])
+def test_more_impossible_values_are_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
