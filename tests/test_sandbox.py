@@ -229,9 +229,16 @@ def test_attacks_as_an_ordinary_user():
         user = pwd.getpwnam(THROWAWAY)
         os.chown(home, user.pw_uid, user.pw_gid)
         # Load r1lab.sandbox without r1lab/__init__.py (which may import torch): the sandbox
-        # needs the standard library only, and the account may only have the system Python.
+        # needs the standard library only, and the account may only have the system Python. The
+        # account gets its own copy of the package, as a laptop user owns their checkout: the
+        # clone may sit under a folder it cannot enter (CI's is a mode-700 temporary folder).
+        pkg_dir = os.path.join(home, "pkg", "r1lab")
+        shutil.copytree(os.path.join(REPO, "r1lab", "sandbox"), os.path.join(pkg_dir, "sandbox"), ignore=shutil.ignore_patterns("__pycache__"))
+        for root, dirs, files in os.walk(os.path.join(home, "pkg")):
+            for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
+                os.chown(name, user.pw_uid, user.pw_gid)
         boot = (
-            f"import sys, types; pkg = types.ModuleType('r1lab'); pkg.__path__ = [{os.path.join(REPO, 'r1lab')!r}]; "
+            f"import sys, types; pkg = types.ModuleType('r1lab'); pkg.__path__ = [{pkg_dir!r}]; "
             "sys.modules['r1lab'] = pkg; from r1lab.sandbox.attacks import main; sys.exit(main(['--mode', 'user']))"
         )
         done = subprocess.run(
@@ -239,6 +246,7 @@ def test_attacks_as_an_ordinary_user():
             env={"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
             capture_output=True, text=True, timeout=120,
         )
+        assert done.stdout.strip(), f"the attack run printed nothing (exit {done.returncode}): {done.stderr[-2000:]}"
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report["mode"] == "user"
         active = " ".join(report["layers"]["active"])
