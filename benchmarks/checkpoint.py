@@ -16,9 +16,7 @@ import json
 import os
 import random
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,16 +27,7 @@ from r1lab.recipes import common, pretrain
 from r1lab.sft import masked_nll
 from r1lab.tasks import get_task
 from r1lab.tokenizer import CharTokenizer
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_s
 
 
 def folder_bytes(path: Path) -> int:

@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import random
-import statistics
-import time
 
 import torch
 
@@ -26,16 +24,7 @@ from r1lab.rollout import policy_logprobs, sample
 from r1lab.sft import masked_nll
 from r1lab.tasks import get_task
 from r1lab.tokenizer import CharTokenizer
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_s
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import textwrap
 
 from r1lab import config as config_lib
 from r1lab.checkpoint import CheckpointError

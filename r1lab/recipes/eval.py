@@ -6,7 +6,6 @@ measured on the same problems with the same random stream.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
