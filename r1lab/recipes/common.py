@@ -20,7 +20,7 @@ import torch
 
 from r1lab import checkpoint, tracking
 from r1lab import config as config_lib
-from r1lab.config import Config, ConfigError, ModelConfig
+from r1lab.config import Config, ModelConfig
 from r1lab.model.transformer import Transformer
 from r1lab.tokenizer import CharTokenizer
 
@@ -212,9 +212,6 @@ def moe_metrics(load_LE: torch.Tensor | None) -> dict[str, float]:
         return {}
     ratio = load_LE.max(dim=1).values / load_LE.mean(dim=1).clamp(min=1e-9)
     return {"moe/load_max_over_mean": float(ratio.mean())}
-
-
-__all__ = ["ConfigError", "RunStopped", "StageError", "StopFlag", "count_bad_step", "nonfinite_guard"]
 
 
 def print_stage_summary(run_dir: Path, stage: str, keys: list[str]) -> None:
