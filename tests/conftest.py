@@ -39,3 +39,13 @@ def overrides(d: dict, prefix: str = "") -> list[str]:
         else:
             out += [f"--{prefix}{k}", json.dumps(v)]
     return out
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A tiny model pretrained once per test module, for the stages that start from one."""
+    from r1lab.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "base"
+    assert main(["pretrain", "--out", str(out), *overrides(TINY)]) == 0
+    return out

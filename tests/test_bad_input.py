@@ -179,16 +179,9 @@ def test_missing_dataset_and_debug_traceback(tmp_path, capsys):
         main(["eval", "--task", f"jsonl:{tmp_path}/nope.jsonl", "--init", "x", "--debug"])
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bad") / "base"
-    assert main(["pretrain", "--out", str(out), *overrides(TINY), "--pretrain.steps", "2"]) == 0
-    return out
-
-
 def test_checkpoint_of_another_vocabulary_or_truncated_is_one_line(base_run, tmp_path, capsys):
     other = tmp_path / "other"
-    shutil.copytree(base_run / "checkpoints" / "step_2", other)
+    shutil.copytree(base_run / "checkpoints" / "step_6", other)
     state = json.loads((other / "state.json").read_text())
     state["state"]["vocab_size"] += 7
     (other / "state.json").write_text(json.dumps(state))
@@ -196,7 +189,7 @@ def test_checkpoint_of_another_vocabulary_or_truncated_is_one_line(base_run, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vocabulary size" in err and str(other) in err
     truncated = tmp_path / "truncated"
-    shutil.copytree(base_run / "checkpoints" / "step_2", truncated)
+    shutil.copytree(base_run / "checkpoints" / "step_6", truncated)
     opt = truncated / "optimizer.pt"
     opt.write_bytes(opt.read_bytes()[:50])
     assert main(["rl", "--out", str(tmp_path / "rl"), "--init", str(truncated), *overrides(TINY)]) == 2

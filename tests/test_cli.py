@@ -14,13 +14,6 @@ from r1lab.tracking import read_metrics
 ARGS = overrides(TINY)
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "base"
-    assert main(["pretrain", "--out", str(out), *ARGS]) == 0
-    return out
-
-
 def test_pretrain_writes_a_run_folder_and_the_loss_falls(base_run):
     assert {"config.yaml", "metrics.jsonl", "tokenizer.json", "checkpoints"} <= {p.name for p in base_run.iterdir()}
     assert sorted(p.name for p in (base_run / "checkpoints").iterdir()) == ["step_4", "step_6"]  # keep 2

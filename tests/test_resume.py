@@ -156,13 +156,6 @@ def survive_kills(argv: list[str], run: Path, reference: Path, total: int, signa
     return resumed
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume") / "base"
-    assert main(["pretrain", "--out", str(out), *ARGS]) == 0
-    return out
-
-
 def test_pretrain_killed_at_random_steps_resumes_bit_identical(tmp_path):
     reference = tmp_path / "reference"
     assert main(["pretrain", "--out", str(reference), *PRETRAIN]) == 0
