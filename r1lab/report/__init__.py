@@ -1,0 +1,1 @@
+"""See a run: plots (``plots``), experiment folders (``experiment``) and, later, ``report.html``."""
