@@ -18,6 +18,7 @@ checkpoint; continue a stopped run with ``--resume``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from r1lab import config as config_lib
@@ -87,11 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
+        return _run(argv, debug)
+    except BrokenPipeError:
+        # `r1lab rl --help | head`: the reader left. Point stdout at /dev/null so that Python's
+        # final flush does not raise again, and exit quietly as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    try:
         stage, cfg, debug = parse(argv)
         from r1lab.tasks import get_task
 
         get_task(cfg.task)  # fail on an unknown task before any work
         importlib.import_module(STAGES[stage][0]).main(cfg)
+    except BrokenPipeError:  # stdout's reader left: not the user's input, handled in main()
+        raise
     except RunStopped as err:  # a graceful stop (signal, non-finite steps): checkpoints intact
         print(f"r1lab: {err}", file=sys.stderr)
         return err.exit_code

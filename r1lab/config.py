@@ -323,10 +323,22 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
+PRESETS_DIR = Path(__file__).parent / "configs"
+"shipped presets: ``--config NAME`` reads ``r1lab/configs/NAME.yaml`` when NAME is not a file"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 def load_yaml(path: str | Path) -> dict:
+    """A YAML file of keys, or a shipped preset's by name (``--config v3-tiny``)."""
     path = Path(path)
+    if not path.is_file() and path.suffix == "" and path.name == str(path) and (PRESETS_DIR / f"{path}.yaml").is_file():
+        path = PRESETS_DIR / f"{path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        known = f" (shipped presets: {', '.join(presets())})" if presets() else ""
+        raise ConfigError(f"config file {path} does not exist{known}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, ValueError) as err:  # ValueError: not UTF-8, or a bad YAML timestamp

@@ -56,3 +56,24 @@ def test_saved_config_loads_back_identically(tmp_path):
 def test_every_field_is_documented():
     undocumented = [key for key, _, doc in C.describe() if not doc]
     assert undocumented == []
+
+
+def test_shipped_preset_by_name_and_unknown_preset_lists_them(tmp_path):
+    from r1lab import config as config_lib
+
+    assert "zero" in config_lib.presets()
+    assert config_lib.load_yaml("zero")["task"] == "chain"
+    with pytest.raises(config_lib.ConfigError, match="shipped presets: .*zero"):
+        config_lib.load_yaml("no-such-preset")
+
+
+def test_help_into_a_closed_pipe_exits_quietly():
+    """`r1lab rl --help | head` when the reader has already gone: no BrokenPipe traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "rl", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the child has started up and printed anything
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == "" and proc.returncode == 141, (proc.returncode, err)
