@@ -101,7 +101,7 @@ def _run(argv: list[str], debug: bool) -> int:
         stage, cfg, debug = parse(argv)
         from r1lab.tasks import get_task
 
-        get_task(cfg.task)  # fail on an unknown task before any work
+        get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
         importlib.import_module(STAGES[stage][0]).main(cfg)
     except BrokenPipeError:  # stdout's reader left: not the user's input, handled in main()
         raise

@@ -117,6 +117,8 @@ class RLConfig:
     "weight of the format reward (R1 template followed)"
     correct_weight: float = 1.0
     "weight of the correctness reward"
+    partial_weight: float = 0.0
+    "weight of a task's graded partial credit (reasoning-gym's score_answer); 0: off, as in R1; never counted as correct"
     eval_every: int = 20
     "evaluate pass@1 on held-out problems every N steps (0 disables it); shows RL's progress"
     eval_problems: int = 100

@@ -77,14 +77,15 @@ def test_score_in_the_r1_template(name):
     assert (s.format, s.correct, s.reward) == (0.0, 0.0, 0.0)
     s = t.score(f"the answer is {ex.answer}", ex, w)  # missing tags: nothing to extract
     assert (s.format, s.correct) == (0.0, 0.0)
-    s = t.score(f"<answer>{ex.answer}</answer>", ex, w)  # no think block: right, badly formatted
-    assert (s.format, s.correct, s.reward) == (0.0, 1.0, pytest.approx(1.0))
-    s = t.score(f"<think>a</think><answer>{ex.answer}</answer> trailing", ex, w)
-    assert (s.format, s.correct) == (0.0, 1.0)
-    s = t.score(f"<think>a</think><answer>zzz</answer><answer>{ex.answer}</answer>", ex, w)
-    assert (s.format, s.correct) == (0.0, 1.0)  # the last answer block counts, the format does not
-    s = t.score(f"<think>a</think><answer>{ex.answer}</answer><answer>zzz</answer>", ex, w)
-    assert (s.format, s.correct) == (0.0, 0.0)
+    # Accuracy needs the format (rewards.py): every malformed shape scores 0, whatever its answer.
+    for bad in (f"<answer>{ex.answer}</answer>",  # no think block
+                f"<think>a</think><answer>{ex.answer}</answer> trailing",  # text after </answer>
+                f"<think>a</think><answer>zzz</answer><answer>{ex.answer}</answer>",  # two answer blocks
+                f"<think>a</think><answer>{ex.answer}</answer><answer>zzz</answer>",
+                f"<think><answer>{ex.answer}</answer></think><answer>zzz</answer>",  # answer inside think
+                f"<think>a</think><answer>{ex.answer}"):  # unclosed
+        s = t.score(bad, ex, w)
+        assert (s.format, s.correct, s.reward) == (0.0, 0.0, 0.0), bad
 
 
 def test_unknown_task_and_unknown_gym_dataset_raise_naming_them():

@@ -58,8 +58,8 @@ def main(cfg: Config) -> Path:
         raise common.StageError("eval needs --init RUN_OR_CHECKPOINT_FOLDER")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
-    task = get_task(cfg.task)
-    result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight))
+    task = get_task(cfg.task, seed=cfg.seed)
+    result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight))
     out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / "eval"
     # A file name from the task name: jsonl:<path> holds slashes, gym:<name> a colon.
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.name).strip("_")

@@ -53,7 +53,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
     p = cfg.pretrain
     common.seed_everything(cfg.seed, cfg.threads)
     tok = CharTokenizer.build()
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, seed=cfg.seed)
     data_rng = random.Random(cfg.seed)
     model = common.new_model(cfg.model, tok.vocab_size)
     opt = common.make_optimizer(model, p.lr, p.weight_decay)

@@ -29,8 +29,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     r = cfg.rl
     common.seed_everything(cfg.seed, cfg.threads)
     tok = CharTokenizer.build()
-    task = get_task(cfg.task)
-    weights = RewardWeights(format=r.format_weight, correct=r.correct_weight)
+    task = get_task(cfg.task, seed=cfg.seed)
+    weights = RewardWeights(format=r.format_weight, correct=r.correct_weight, partial=r.partial_weight)
     policy, init_ckpt = common.load_model(init)
     # The reference policy is the starting point, frozen; only kept when the KL term uses it.
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 else None

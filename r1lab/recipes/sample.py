@@ -19,13 +19,13 @@ def main(cfg: Config) -> list[str]:
     model, ckpt = common.load_model(cfg.init)
     tok = CharTokenizer.build()
     g = cfg.generate
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, seed=cfg.seed)
     examples = None if g.questions else task.examples("test", 4, cfg.eval.seed)
     questions = g.questions or [ex.question for ex in examples]
     prompts = [tok.prompt_ids(q) for q in questions for _ in range(g.n)]
     ro = rollout.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(cfg.seed))
     texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(prompts))]
-    weights = RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight)
+    weights = RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight)
     print(f"sample: {ckpt.path}, temperature {g.sample.temperature}, {g.n} per question")
     for qi, question in enumerate(questions):
         print(f"\n=== {question}" + (f"   (reference: {examples[qi].answer})" if examples else ""))

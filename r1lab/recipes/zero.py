@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from r1lab import checkpoint, tracking
+from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.evaluate import EvalResult
 from r1lab.recipes import common, pretrain, rl
@@ -28,14 +29,58 @@ from r1lab.tokenizer import CharTokenizer
 
 SUMMARY_KEYS = ("pass@1", "pass@8", "mean_len")
 
+# Keys that may change on --resume: they change where and how a run is logged or how fast it runs,
+# never what it computes.
+RESUME_FREE_KEYS = frozenset({"resume", "out", "threads", "tensorboard", "log_every", "save_every", "keep_checkpoints", "max_bad_steps"})
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict, cfg: Config) -> list[str]:
+    """``key (saved -> now)`` for every setting that differs between a run folder's config.yaml
+    and ``cfg``, except ``RESUME_FREE_KEYS``. A key missing from the saved file (written before the
+    key existed) is compared with its default."""
+    before = {**_flatten(config_lib.to_dict(Config())), **_flatten(saved)}
+    now = _flatten(config_lib.to_dict(cfg))
+    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in now.items() if k not in RESUME_FREE_KEYS and before.get(k) != v]
+
+
+def eval_mismatch(result: EvalResult, cfg: Config) -> list[str]:
+    """The evaluation settings under which ``result`` was measured that differ from ``cfg``'s."""
+    e = cfg.eval
+    wanted = {"task": cfg.task, "split": e.split, "n_problems": e.n_problems, "n": e.n_samples, "ks": list(e.ks),
+              "temperature": e.sample.temperature, "top_p": e.sample.top_p, "max_new_tokens": e.sample.max_new_tokens, "seed": e.seed}
+    return [f"{k} ({getattr(result, k)!r} -> {v!r})" for k, v in wanted.items() if getattr(result, k) != v]
+
+
+def split_label(split: str) -> str:
+    """How a table names the evaluated split: only the test split is held out."""
+    return "held-out test split" if split == "test" else f"{split} split (NOT held out: these problems are trained on)"
+
 
 def _evaluate(cfg: Config, ckpt_path: Path, out: Path, desc: str) -> EvalResult:
-    """Evaluate the checkpoint at ``ckpt_path``, reusing ``out`` if a previous run wrote it."""
+    """Evaluate the checkpoint at ``ckpt_path``, reusing ``out`` if a previous run wrote it with the
+    same evaluation settings (else it is measured again, saying why)."""
     if out.is_file() and cfg.resume:
-        return EvalResult.from_json(out.read_text(encoding="utf-8"))
+        try:
+            previous = EvalResult.from_json(out.read_text(encoding="utf-8"))
+            changed = eval_mismatch(previous, cfg)
+        except (ValueError, TypeError, KeyError) as err:  # unreadable or from an older format
+            changed = [f"unreadable ({type(err).__name__})"]
+        if not changed:
+            return previous
+        print(f"zero: {out} was measured with other settings: {', '.join(changed)}; evaluating again")
     common.seed_everything(cfg.seed, cfg.threads)
     model, _ = common.load_model(ckpt_path)
-    result = evaluate_model(model, CharTokenizer.build(), get_task(cfg.task), cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight), desc=desc)
+    result = evaluate_model(model, CharTokenizer.build(), get_task(cfg.task, seed=cfg.seed), cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight), desc=desc)
     save_result(result, out)
     return result
 
@@ -45,6 +90,12 @@ def main(cfg: Config) -> Path:
     run_dir = common.run_dir_for(cfg, "zero")
     if not cfg.resume and any(checkpoint.latest_step(run_dir / s) is not None for s in ("pretrain", "rl")):
         raise common.StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
+    saved = run_dir / "config.yaml"
+    if cfg.resume and saved.is_file():
+        changes = config_changes(config_lib.load_yaml(saved), cfg)
+        if changes:
+            raise common.StageError(f"--resume with settings that differ from {saved}: {'; '.join(changes)}; "
+                                    "resume with the same settings, or start a new run with another --out")
     common.prepare_run_dir(run_dir, cfg)
     print(f"zero: run folder {run_dir}")
 
@@ -54,7 +105,7 @@ def main(cfg: Config) -> Path:
         base_ckpt = pretrain.run(cfg, run_dir / "pretrain")
         common.print_stage_summary(run_dir / "pretrain", "pretrain", ["pretrain/loss", "pretrain/tokens_per_s", "moe/load_max_over_mean"])
         base = _evaluate(cfg, base_ckpt, run_dir / "eval" / "base.json", "eval base")
-        print(tracking.format_table([{"model": "base", **base.metrics}], title="base model, held-out"))
+        print(tracking.format_table([{"model": "base", **base.metrics}], title=f"base model, {split_label(cfg.eval.split)}"))
         stop.check_done("the base model's evaluation")
         rl_ckpt = rl.run(cfg, run_dir / "rl", base_ckpt)
         tuned = _evaluate(cfg, rl_ckpt, run_dir / "eval" / "rl.json", "eval rl")
@@ -78,6 +129,6 @@ def main(cfg: Config) -> Path:
     if curve:
         print(tracking.format_table(curve, title=f"GRPO progress: held-out pass@1 ({cfg.rl.eval_problems} problems x 2 samples) and mean completion length"))
     rows = [{"model": name, **res.metrics} for name, res in (("base", base), ("rl", tuned))]
-    print(tracking.format_table(rows, title=f"r1lab zero on {cfg.task}: held-out {cfg.eval.split} split, {cfg.eval.n_problems} problems, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature}"))
+    print(tracking.format_table(rows, title=f"r1lab zero on {cfg.task}: {split_label(cfg.eval.split)}, {cfg.eval.n_problems} problems, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature}"))
     print(f"zero: pass@1 {base.metrics['pass@1']:.3f} -> {tuned.metrics['pass@1']:.3f} in {summary['wall_s']:.0f} s; summary {run_dir / 'summary.json'}")
     return run_dir

@@ -24,13 +24,14 @@ GYM_PREFIX = "gym:"
 JSONL_PREFIX = "jsonl:"
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, seed: int = 0) -> Task:
     """Build a task by registry name, ``gym:<dataset>`` for any reasoning-gym dataset, or
-    ``jsonl:<path>`` for a file of ``{"question", "answer"}`` rows."""
+    ``jsonl:<path>`` for a file of ``{"question", "answer"}`` rows. ``seed`` (the run's ``--seed``)
+    generates reasoning-gym's training pool; procedural tasks draw from the caller's RNG instead."""
     if name.startswith(GYM_PREFIX):
         from r1lab.tasks.gym import GymTask
 
-        return GymTask(name[len(GYM_PREFIX):])
+        return GymTask(name[len(GYM_PREFIX):], seed=seed)
     if name.startswith(JSONL_PREFIX):
         from r1lab.tasks.jsonl import JsonlTask
 

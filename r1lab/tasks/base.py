@@ -3,6 +3,13 @@
 A task is anything that can (1) draw a question with its reference answer from a seeded RNG,
 (2) keep a held-out split that training never sees, and (3) check an extracted answer. Scoring in
 the R1 template (format + correctness, see ``rewards.py``) is shared by every task.
+
+Held out means held out: every task defines what "the same problem" means with a canonical
+``key`` (commutative operands sorted, number multisets, function family + parameters; each task's
+docstring says which) and a procedural task's split is a hash bucket of that key, so no test
+problem has a twin in the train split, in the pretraining corpus or among RL prompts.
+``near_duplicate_key`` (exact answer + the question's words, lower-cased and sorted) is a second,
+task-independent key; ``r1lab check-task TASK`` measures the overlap under both.
 """
 
 from __future__ import annotations
@@ -40,7 +47,22 @@ class Task(ABC):
 
     @abstractmethod
     def check(self, answer: str, example: Example) -> float:
-        """Correctness in [0, 1] of an extracted answer string."""
+        """Exact correctness of an extracted answer string: 1.0 or 0.0, nothing in between (a
+        reference that cannot be parsed gives 0.0)."""
+
+    graded: bool = False
+    "whether ``partial`` gives graded credit; if not, the partial reward component equals ``correct``"
+
+    def partial(self, answer: str, example: Example) -> float:
+        """Graded credit in [0, 1] (a separate reward component, off by default, never counted as
+        correct); only called when ``graded`` is set."""
+        return self.check(answer, example)
+
+    def key(self, example: Example) -> str:
+        """The canonical problem key: two examples with equal keys are the same problem. The
+        default is the question with its white space normalised; tasks with twins (reordered
+        operands, permuted numbers) override it."""
+        return " ".join(example.question.split())
 
     def examples(self, split: Split, n: int, seed: int) -> list[Example]:
         """``n`` distinct examples of ``split``, deterministic in ``seed`` (for evaluation).
@@ -59,7 +81,8 @@ class Task(ABC):
 
     def score(self, completion: str, example: Example, weights: rewards.RewardWeights) -> rewards.Score:
         """Reward of a completion in the R1 template (format + correctness)."""
-        return rewards.score(completion, lambda answer: self.check(answer, example), weights)
+        partial = (lambda answer: self.partial(answer, example)) if self.graded else None
+        return rewards.score(completion, lambda answer: self.check(answer, example), weights, partial=partial)
 
 
 def stable_hash(text: str) -> int:
@@ -67,10 +90,17 @@ def stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
+def near_duplicate_key(example: Example) -> str:
+    """A task-independent near-duplicate key: the exact (stripped) answer and the question's
+    white-space separated words, lower-cased and sorted. It catches reordered words, changed case
+    and spacing (``Use 3 7 2 to make 23`` and ``Use 7 2 3 to make 23`` with the same answer)."""
+    return example.answer.strip() + "\x00" + " ".join(sorted(example.question.lower().split()))
+
+
 class ProceduralTask(Task):
     """A task that generates problems from a seed. The test split is a fixed hash bucket of the
-    question text (``test_fraction`` of all questions), so the splits are disjoint by construction
-    and stay so whatever the seeds."""
+    canonical ``key`` (``test_fraction`` of all keys), so the splits are disjoint by construction,
+    twins included, and stay so whatever the seeds."""
 
     test_fraction: float = 0.1
 
@@ -79,7 +109,7 @@ class ProceduralTask(Task):
         """One random example, of either split."""
 
     def split_of(self, example: Example) -> Split:
-        bucket = stable_hash(example.question) % 10_000
+        bucket = stable_hash(self.key(example)) % 10_000
         return "test" if bucket < self.test_fraction * 10_000 else "train"
 
     def sample(self, rng: random.Random, split: Split) -> Example:

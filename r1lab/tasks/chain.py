@@ -7,11 +7,18 @@ response length) instead of having to invent it.
 
 The question is the bare chain: every prompt character costs a tiny model context and compute,
 and the left-to-right convention is the task's definition (the worked solutions spell it out).
+
+The same problem: two chains with the same numbers and the same operators (as multisets) and the
+same answer. That covers swapped commutative operands (``5+7*2-3`` and ``7+5*2-3``: same later
+steps, same answer) and reordered steps (``2*3*4`` and ``2*4*3``); splitting on the question text
+put half of the test questions next to such a twin in training. The key is deliberately coarse:
+a coarser key can only hold more out, never leak.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 from r1lab.tasks.base import Example, ProceduralTask
 
@@ -39,5 +46,13 @@ class ChainTask(ProceduralTask):
             else:
                 return Example(question=expr, answer=str(value), solution="\n".join(steps))
 
+    def key(self, example: Example) -> str:
+        numbers = sorted(int(n) for n in re.findall(r"\d+", example.question))
+        ops = sorted(re.findall(r"[-+*]", example.question))
+        return f"chain {numbers} {''.join(ops)} = {example.answer.strip()}"
+
     def check(self, answer: str, example: Example) -> float:
-        return 1.0 if answer.strip() == example.answer else 0.0
+        gold = example.answer.strip()
+        if not re.fullmatch(r"-?\d+", gold):  # a reference that is not an integer passes nothing
+            return 0.0
+        return 1.0 if answer.strip() == gold else 0.0

@@ -8,6 +8,12 @@ sandbox on ten hidden inputs and compares with this module's reference implement
 process: expected values never reach the child. Pass/fail scoring (1.0 only when every hidden
 test passes), as in R1; ``Verdict.fraction`` is there for partial credit if wanted.
 
+The same problem: the same function, i.e. the same family and parameters (``affine`` with a=3,
+b=-2), whatever example calls the question shows. The split hashes that key: splitting on the
+question text, whose example calls are random, put 98.5% of test functions in training with the
+very reference code that pretraining places inside ``<answer>``. Families with few parameter
+values (``repeat`` has 3) may have no test problem at all; the test split is still 10% of keys.
+
 Hidden tests come from a seed that is a hash of the question, so any process regenerates them
 from the ``Example`` alone; the sandbox hides this file from the child (Landlock, and an empty
 tmpfs over the project), so the reference cannot be read or imported from there.
@@ -131,6 +137,17 @@ def strip_fences(answer: str) -> str:
     return match.group(1) if match else answer
 
 
+def parse_spec(question: str) -> tuple[Family, dict]:
+    """The family and parameters of a code-task question, read from its spec line."""
+    lines = question.split("\n")
+    spec_line = lines[1] if len(lines) > 1 else question
+    for family, pattern in _PATTERNS:
+        match = pattern.fullmatch(spec_line)
+        if match:
+            return family, {k: (int(v) if re.fullmatch(r"-?\d+", v) else v) for k, v in match.groupdict().items()}
+    raise ValueError(f"not a code-task question: {spec_line!r}")
+
+
 class CodeTask(ProceduralTask):
     name = "code"
 
@@ -153,16 +170,13 @@ class CodeTask(ProceduralTask):
         )
         return Example(question=question, answer=family.source.format(**params))
 
+    def key(self, example: Example) -> str:
+        family, params = parse_spec(example.question)
+        return f"code {family.key}(" + ", ".join(f"{k}={v!r}" for k, v in sorted(params.items())) + ")"
+
     def tests(self, example: Example) -> CallTests:
         """The hidden tests of a question, rebuilt from its text alone."""
-        spec_line = example.question.split("\n")[1]
-        for family, pattern in _PATTERNS:
-            match = pattern.fullmatch(spec_line)
-            if match:
-                params = {k: (int(v) if re.fullmatch(r"-?\d+", v) else v) for k, v in match.groupdict().items()}
-                break
-        else:
-            raise ValueError(f"not a code-task question: {spec_line!r}")
+        family, params = parse_spec(example.question)
         ref = family.reference(**params)
         rng = random.Random(stable_hash(example.question))
         inputs = tuple(family.inputs(rng) for _ in range(N_HIDDEN))

@@ -19,6 +19,10 @@ Departures from TinyZero:
   ``eval`` on floats. Fractional intermediate values are accepted (``(8-8/4)*4``-style answers are
   right if exact), as in the 24 game; unary minus is not (each number must be used as given), and
   neither is ``= 23`` after the expression.
+
+The same problem: the same multiset of numbers and the same target, whatever their order
+(``Use 3 7 2 to make 23`` and ``Use 7 2 3 to make 23``): a twin's gold expression answers it.
+Splitting on the question text gave 96.5% of test problems such a twin in training.
 """
 
 from __future__ import annotations
@@ -135,8 +139,15 @@ class CountdownTask(ProceduralTask):
                 question = f"Use {' '.join(map(str, numbers))} to make {target}"
                 return Example(question=question, answer=_render(tree)[0], solution="\n".join(steps))
 
-    def check(self, answer: str, example: Example) -> float:
+    def key(self, example: Example) -> str:
         numbers, target = parse_question(example.question)
+        return f"countdown {sorted(numbers)} -> {target}"
+
+    def check(self, answer: str, example: Example) -> float:
+        try:
+            numbers, target = parse_question(example.question)
+        except ValueError:  # a question that cannot be parsed has no answer that passes
+            return 0.0
         try:
             value, literals = evaluate_expression(answer)
         except ValueError:

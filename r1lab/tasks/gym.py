@@ -11,8 +11,19 @@ Splits: reasoning-gym seeds item ``i`` of a dataset with ``seed + i``, so two da
 seeds 0 and 1 share all but one item. The test split is therefore drawn from a fixed seed far from
 any training seed (``TEST_SEED``) and is the same whatever ``seed`` is, so that runs with
 different training seeds are evaluated on the same problems; the training pool is generated from
-``seed`` and any question of the test split is removed from it, so the splits are disjoint even
-where the generator repeats questions.
+``seed`` (the run's ``--seed``) and any entry whose key is a test key is removed from it, so the
+splits are disjoint even where the generator repeats questions.
+
+The same problem (``key``): the same answer and the same question words in any order, case and
+spacing (``near_duplicate_key``), since the datasets are too many to model one by one.
+
+Correctness is exact: with an oracle answer, the answer must equal it after white space is
+normalised; without one (answer None), the verifier must give exactly 1.0. ``score_answer`` alone
+cannot decide it: it gives partial credit (``basic_arithmetic`` scores the gold with a trailing 0
+at 0.92, ``spell_backward`` the gold plus a letter at 1.0000000000000002, a float sum), so a
+``>= 1`` test would count wrong answers as right. The verifier's score is the graded ``partial``
+component, off by default (``rl.partial_weight``). On datasets where several answers are valid but
+an oracle answer is given, exact correctness is a lower bound.
 
 Departures: a pool of ``size`` training and ``test_size`` test entries is generated up front
 (reasoning-gym datasets are finite too); datasets without a single oracle answer get ``""`` as
@@ -25,7 +36,7 @@ import difflib
 import random
 from typing import Any
 
-from r1lab.tasks.base import Example, Split, Task
+from r1lab.tasks.base import Example, Split, Task, near_duplicate_key
 
 # Far from any seed a user would pass, and small enough for generators that seed numpy (< 2**32).
 TEST_SEED = 2**31
@@ -35,7 +46,9 @@ _LIST_HINT = 'see the names with: python -c "import reasoning_gym.factory as f; 
 
 class GymTask(Task):
     """``gym:<dataset>``: ``size`` training entries from ``seed``, ``test_size`` test entries from
-    ``TEST_SEED``, scored by the dataset's own verifier (which may give partial credit)."""
+    ``TEST_SEED``; exact correctness, the dataset's own verifier as graded ``partial`` credit."""
+
+    graded = True
 
     def __init__(self, dataset: str, size: int = 2000, seed: int = 0, test_size: int = 500):
         # Imported here: reasoning_gym takes about a second to import and most runs never use it.
@@ -57,18 +70,32 @@ class GymTask(Task):
         # question -> entry, for both splits (disjoint keys); first entry wins on a repeated question.
         self._entries: dict[str, dict[str, Any]] = {}
         self._pools: dict[Split, list[str]] = {"train": [], "test": []}
+        test_keys: set[str] = set()
         for split, ds in (("test", test_ds), ("train", self._train_ds)):
             for i in range(len(ds)):
                 entry = ds[i]
-                if entry["question"] not in self._entries:
-                    self._entries[entry["question"]] = entry
-                    self._pools[split].append(entry["question"])
+                if entry["question"] in self._entries:
+                    continue
+                key = self.key(self._as_example(entry))
+                if split == "train" and key in test_keys:
+                    continue  # a twin of a test problem: held out of training
+                if split == "test":
+                    test_keys.add(key)
+                self._entries[entry["question"]] = entry
+                self._pools[split].append(entry["question"])
         if not self._pools["train"]:
             raise ValueError(f"{self.name}: every training question is also a test question")
 
+    @staticmethod
+    def _as_example(entry: dict[str, Any]) -> Example:
+        answer = entry["answer"]
+        return Example(question=entry["question"], answer="" if answer is None else str(answer))
+
     def _example(self, question: str) -> Example:
-        answer = self._entries[question]["answer"]
-        return Example(question=question, answer="" if answer is None else str(answer))
+        return self._as_example(self._entries[question])
+
+    def key(self, example: Example) -> str:
+        return near_duplicate_key(example)
 
     def sample(self, rng: random.Random, split: Split) -> Example:
         return self._example(rng.choice(self._pools[split]))
@@ -77,13 +104,27 @@ class GymTask(Task):
         """Every distinct example of ``split``, in generation order."""
         return [self._example(q) for q in self._pools[split]]
 
-    def check(self, answer: str, example: Example) -> float:
+    def _entry(self, example: Example) -> dict[str, Any]:
         entry = self._entries.get(example.question)
         if entry is None:
             question = example.question[:80]
             raise ValueError(f"{self.name}: this question is not in the task's pool: {question!r}")
+        return entry
+
+    def _verifier(self, answer: str, entry: dict[str, Any]) -> float:
         try:
-            value = float(self._train_ds.score_answer(answer, entry))
+            return float(self._train_ds.score_answer(answer, entry))
         except Exception:  # a verifier that chokes on a malformed answer: the answer is wrong
             return 0.0
-        return min(max(value, 0.0), 1.0)
+
+    def check(self, answer: str, example: Example) -> float:
+        entry = self._entry(example)
+        gold = entry["answer"]
+        if gold is None:  # no oracle answer: the verifier decides, full credit only
+            return 1.0 if self._verifier(answer, entry) == 1.0 else 0.0
+        gold = " ".join(str(gold).split())
+        return 1.0 if gold and " ".join(answer.split()) == gold else 0.0
+
+    def partial(self, answer: str, example: Example) -> float:
+        """The dataset verifier's graded credit, clamped to [0, 1]."""
+        return min(max(self._verifier(answer, self._entry(example)), 0.0), 1.0)

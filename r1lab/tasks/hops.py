@@ -5,6 +5,10 @@ Multi-hop composition is the textbook case where a step-by-step trace helps a Tr
 hop is a single look-up (copy the letter after ``x>``), several hops in one forward pass need one
 layer of look-up per hop. A tiny model learns the worked trace quickly and the direct answer
 barely at all, so RL has a far better style to select.
+
+The same problem: the same start and the same pointers followed (``a>c c>b b>a`` for ``a3``); the
+rest of the map is distractors, so two maps that agree on the path are twins. The key is that
+path, so a test path is never followed in training.
 """
 
 from __future__ import annotations
@@ -36,5 +40,16 @@ class HopsTask(ProceduralTask):
         table = " ".join(f"{k}>{pointer[k]}" for k in self.letters)
         return Example(question=f"{table}|{start}{hops}", answer=here, solution="\n".join(steps))
 
+    def key(self, example: Example) -> str:
+        table, query = example.question.split("|")
+        pointer = dict(pair.split(">") for pair in table.split())
+        here, path = query[0], [query[0]]
+        for _ in range(int(query[1:])):
+            here = pointer[here]
+            path.append(here)
+        return "hops " + ">".join(path)
+
     def check(self, answer: str, example: Example) -> float:
+        if not example.answer.strip():
+            return 0.0
         return 1.0 if answer.strip() == example.answer else 0.0

@@ -13,8 +13,10 @@ HumanEval/32 (any root of the polynomial), HumanEval/33 and /37 (compared as tup
 HumanEval/52, /56, /61 (truthiness). Unseeded randomness in tests (HumanEval/53) is fixed by
 seeding ``random`` with 0 in the extraction run.
 
-HumanEval is an evaluation set: both splits return the same 164 problems (training on them
-contaminates the evaluation; the split exists so that ``r1lab eval`` can ask for "test").
+HumanEval is an evaluation set: it has a test split only. Asking it for a train example (a
+pretraining corpus, RL prompts, ``--eval.split train``) is an error: the canonical solutions are
+the test answers, so any training on them would make the "held-out" figures a memory test.
+Pretrain or train with RL on another task (``code``) and evaluate with ``--task humaneval``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from r1lab.tasks.base import Example, Split, Task
 from r1lab.tasks.code import strip_fences
 
 LIMITS = Limits(timeout_s=10.0)
+NO_TRAIN_SPLIT = ("task humaneval has no train split (it is an evaluation set: its canonical solutions are the test answers); "
+                  "train on another task, e.g. --task code, and evaluate with --task humaneval")
 
 # Appended to prompt + canonical solution + test in the extraction run.
 _RECORDER = """
@@ -85,6 +89,8 @@ class HumanEvalTask(Task):
         return [self.example(p) for p in self.problems]
 
     def sample(self, rng: random.Random, split: Split) -> Example:
+        if split != "test":
+            raise ValueError(NO_TRAIN_SPLIT)
         return self.example(rng.choice(self.problems))
 
     def program(self, answer: str, problem: dict) -> str:
