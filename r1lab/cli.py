@@ -5,6 +5,7 @@
     r1lab rl --init runs/base --rl.group_size 16
     r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
     r1lab sample "7+5*2-3" --init runs/rl
+    r1lab check-task countdown                  leak check of a task's splits, corpus and RL prompts
 
 Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
 checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2
@@ -33,6 +34,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
+    "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "pretrain", "rl", "eval")),
 }
 COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
 
@@ -78,7 +80,11 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
     questions = []
     while rest and not rest[0].startswith("--") and stage == "sample":
         questions.append(rest.pop(0))
+    # `r1lab check-task TASK`: the task may be given as the first argument.
+    task_arg = rest.pop(0) if stage == "check-task" and rest and not rest[0].startswith("--") else None
     overrides = config_lib.parse_overrides(rest)
+    if task_arg is not None:
+        overrides["task"] = task_arg
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
     return stage, config_lib.build(*layers, overrides), debug

@@ -154,6 +154,16 @@ class GenerateConfig:
 
 
 @dataclass
+class CheckConfig:
+    train_samples: int = 30000
+    "train-split draws compared with the test problems (`r1lab check-task`)"
+    test_samples: int = 5000
+    "test-split draws (plus the evaluation's own eval.n_problems problems); finite pools are covered almost entirely"
+    corpus_steps: int = 0
+    "pretraining steps whose documents are checked; 0: all pretrain.steps, the whole corpus of that run"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -182,6 +192,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -209,6 +220,9 @@ class Config:
             ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
             ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
             ("generate.n", self.generate.n >= 1, "must be >= 1"),
+            ("check.train_samples", self.check.train_samples >= 1, "must be >= 1"),
+            ("check.test_samples", self.check.test_samples >= 1, "must be >= 1"),
+            ("check.corpus_steps", self.check.corpus_steps >= 0, "must be >= 0 (0: all pretrain.steps)"),
             ("eval.n_samples", e.n_samples >= 1, "must be >= 1"),
             ("eval.n_problems", e.n_problems >= 1, "must be >= 1"),
             ("eval.ks", bool(e.ks) and all(1 <= k <= e.n_samples for k in e.ks), f"each k must be between 1 and eval.n_samples ({e.n_samples})"),
