@@ -211,7 +211,7 @@ def _ancestor_in(pid: int, known: set[int]) -> bool:
 
 def run_attacks(sandbox: Sandbox, ctx: Context, listener: socket.socket, timeout_s: float = 2.0) -> tuple[list[Outcome], dict[str, bool]]:
     """Every attack (and the concurrent pair) through ``sandbox``, then the host checks."""
-    limits = Limits(timeout_s=timeout_s)
+    limits = Limits(timeout_s=timeout_s, memory_mb=256)  # the memory bombs fill it well inside the timeout
     targets = [ctx.project_file, os.path.join(ctx.site_packages, "sitecustomize.py"), os.path.join(REPO, "tests", "conftest_evil.py")]
     before = {p: _fingerprint(p) for p in targets}
     connections: list[bytes] = []
