@@ -103,6 +103,8 @@ def _run_label(ex: Execution) -> tuple[Label, str] | None:
         return Label.SANDBOX_ERROR, ex.error
     if ex.timed_out:
         return Label.TIMEOUT, "wall-clock limit"
+    if ex.oom:
+        return Label.MEMORY, "memory limit of the run (cgroup)"
     if ex.over_cap:
         return Label.OUTPUT_LIMIT, f"{ex.over_cap} over the cap"
     if not ex.setup_ok:

@@ -25,6 +25,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
+CLONE_THREAD = 0x00010000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -151,6 +152,133 @@ def apply_rlimits(limits: Limits) -> None:
         (resource.RLIMIT_MSGQUEUE, (0, 0)),
     ):
         resource.setrlimit(res, value)
+
+
+# --- cgroups -------------------------------------------------------------------------------------
+
+_CGROUP_FILES = {  # version -> (memory limit, memory usage, OOM events, process limit)
+    2: ("memory.max", "memory.current", "memory.events", "pids.max"),
+    1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.oom_control", "pids.max"),
+}
+
+
+class SlotCgroup:
+    """A cgroup of a worker's own, which its runs inherit: memory and process limits that bind
+    the whole run (every process of it together), unlike rlimits. cgroup v2 where the machine
+    delegates a subtree with the memory and pids controllers; else, as root, v1's memory and pids
+    hierarchies. Opened by descriptor so that it still works after pivot_root."""
+
+    def __init__(self, version: int, paths: dict[str, str]):
+        self.version, self.paths = version, paths
+        self.fds = {c: os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for c, p in paths.items()}
+        self.limit_f, self.usage_f, self.events_f, self.pids_f = _CGROUP_FILES[version]
+        self._set: dict[str, str] = {}
+
+    def _fd(self, controller: str) -> int:
+        return self.fds["" if self.version == 2 else controller]
+
+    def _read(self, controller: str, name: str) -> str:
+        fd = os.open(name, os.O_RDONLY, dir_fd=self._fd(controller))
+        try:
+            return os.read(fd, 4096).decode()
+        finally:
+            os.close(fd)
+
+    def _write(self, controller: str, name: str, value: str) -> None:
+        if self._set.get(name) == value:
+            return
+        fd = os.open(name, os.O_WRONLY, dir_fd=self._fd(controller))
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+        self._set[name] = value
+
+    def join(self) -> None:
+        """Move this process (the worker) in; every run it forks then starts inside."""
+        for fd in self.fds.values():
+            cfd = os.open("cgroup.procs", os.O_WRONLY, dir_fd=fd)
+            try:
+                os.write(cfd, str(os.getpid()).encode())
+            finally:
+                os.close(cfd)
+
+    def set_limits(self, memory_bytes: int, processes: int) -> None:
+        """Limits for the next run, over what the worker itself holds (which the run shares)."""
+        base = int(self._read("memory", self.usage_f))
+        mib = 1 << 20
+        self._write("memory", self.limit_f, str((base + memory_bytes + mib - 1) // mib * mib))
+        self._write("pids", self.pids_f, str(processes + 2))  # + the worker and the run's shim
+
+    def oom_kills(self) -> int:
+        for line in self._read("memory", self.events_f).splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def describe(self) -> str:
+        return f"cgroup v{self.version} per slot (memory, pids: per run)"
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _source, options = (right.split() + ["", ""])[:3]
+            found.append((left.split()[4], fstype, set(options.split(","))))
+    return found
+
+
+def find_cgroup(name: str, delegated: str = "") -> tuple[SlotCgroup | None, str]:
+    """Create cgroup ``name`` for one slot, or say why not. v2: under ``delegated`` (a folder the
+    caller was given) or this process's own cgroup, if its controllers include memory and pids
+    and they can be enabled for its children. v1: beside this process in the memory and pids
+    hierarchies (needs root)."""
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(","):
+                own[c] = path
+    mounts = _mounts()
+    reasons = []
+    for point, fstype, _ in mounts:
+        if fstype != "cgroup2" or "" not in own:
+            continue
+        base = delegated or point + own[""]
+        try:
+            with open(os.path.join(base, "cgroup.controllers")) as f:
+                available = set(f.read().split())
+            if not {"memory", "pids"} <= available:
+                reasons.append(f"v2 at {base} lacks the memory or pids controller (has: {' '.join(sorted(available)) or 'none'})")
+                continue
+            with open(os.path.join(base, "cgroup.subtree_control")) as f:
+                enabled = set(f.read().split())
+            if not {"memory", "pids"} <= enabled:
+                with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
+                    f.write("+memory +pids")
+            path = os.path.join(base, name)
+            os.makedirs(path, exist_ok=True)
+            return SlotCgroup(2, {"": path}), ""
+        except OSError as e:
+            reasons.append(f"v2 at {base}: {e.strerror}")
+    v1 = {}
+    for controller in ("memory", "pids"):
+        for point, fstype, options in mounts:
+            if fstype == "cgroup" and controller in options and controller in own:
+                v1[controller] = os.path.join(point + own[controller], name)
+    if len(v1) == 2:
+        try:
+            for path in v1.values():
+                os.makedirs(path, exist_ok=True)
+            return SlotCgroup(1, v1), ""
+        except OSError as e:
+            reasons.append(f"v1: {e.strerror}")
+    elif not reasons:
+        reasons.append("no cgroup v2 with memory and pids, nor v1 memory and pids hierarchies")
+    return None, "; ".join(reasons)
 
 
 # --- Landlock ------------------------------------------------------------------------------------
@@ -300,9 +428,11 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def seccomp_program(machine: str | None = None) -> bytes | None:
+def seccomp_program(machine: str | None = None, processes: bool = True) -> bytes | None:
     """The default-deny BPF filter for ``machine`` (this one by default), or None where no allow
-    list is written for the architecture."""
+    list is written for the architecture. ``processes=False`` allows threads but no new process
+    (fork, vfork, clone without CLONE_THREAD): without a cgroup, RLIMIT_AS then bounds the
+    memory of the whole run, not of each of its processes."""
     arch = _ARCHES.get(machine or platform.machine())
     if arch is None:
         return None
@@ -313,11 +443,15 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
     prog += [_insn(_LD_W_ABS, 0, 0, _OFF_NR)]
     if x32:
         prog += [_insn(_JGE_K, 0, 1, x32), deny]
-    for nr in sorted(set(allowed.values())):
-        prog += [_insn(_JEQ_K, 0, 1, nr), _insn(_RET_K, 0, 0, _RET_ALLOW)]
+    for name, nr in sorted(allowed.items(), key=lambda kv: kv[1]):
+        if processes or name not in ("fork", "vfork"):
+            prog += [_insn(_JEQ_K, 0, 1, nr), _insn(_RET_K, 0, 0, _RET_ALLOW)]
     prog += [_insn(_JEQ_K, 0, 1, clone3), _insn(_RET_K, 0, 0, _ret_errno(errno.ENOSYS))]
-    # clone: threads and fork are fine, new namespaces are not
-    prog += [_insn(_JEQ_K, 0, 4, clone), _insn(_LD_W_ABS, 0, 0, _OFF_ARG0), _insn(_JSET_K, 0, 1, _ALL_NS), deny, _insn(_RET_K, 0, 0, _RET_ALLOW)]
+    # clone: threads (and fork, if ``processes``) are fine, new namespaces are not
+    prog += [_insn(_JEQ_K, 0, 4 if processes else 6, clone), _insn(_LD_W_ABS, 0, 0, _OFF_ARG0), _insn(_JSET_K, 0, 1, _ALL_NS), deny]
+    if not processes:
+        prog += [_insn(_JSET_K, 1, 0, CLONE_THREAD), deny]
+    prog += [_insn(_RET_K, 0, 0, _RET_ALLOW)]
     # socket: unix sockets only (socketpair, multiprocessing); no inet, netlink, packet, vsock...
     prog += [_insn(_JEQ_K, 0, 4, sock), _insn(_LD_W_ABS, 0, 0, _OFF_ARG0), _insn(_JEQ_K, 1, 0, _AF_UNIX),
              _insn(_RET_K, 0, 0, _ret_errno(errno.EAFNOSUPPORT)), _insn(_RET_K, 0, 0, _RET_ALLOW)]

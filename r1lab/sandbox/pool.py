@@ -87,6 +87,8 @@ class Execution:
     wall_ms: float
     error: str = ""
     """An infrastructure failure (the worker died or stopped answering)."""
+    oom: bool = False
+    """The slot's cgroup killed the run for using more than ``memory_mb``."""
 
 
 def _worker_failure(error: str, wall_ms: float, timed_out: bool = False) -> Execution:
@@ -147,7 +149,9 @@ class _Slot:
         config = {
             "mode": mode, "uid": self.uid, "gid": self.gid, "fallback_scratch": self.fallback_scratch,
             "disable": sorted(disable), "hide": hidden_paths(), "runtime_files": _RUNTIME_FILES.get(python, []),
+            "cgroup": os.environ.get("R1LAB_SANDBOX_CGROUP", ""),
         }
+        self.cgroup_dirs: list[str] = []
         self.python = python
         self.proc = subprocess.Popen(
             [python, "-S", "-s", "-B", WORKER_PY, json.dumps(config)],
@@ -199,6 +203,7 @@ class _Slot:
                     self.kill()
                     raise RuntimeError(f"sandbox worker failed to start (exit {self.proc.returncode}); see its stderr above")
         _RUNTIME_FILES.setdefault(self.python, msg[0].get("runtime_files", []))  # ldd runs once per interpreter
+        self.cgroup_dirs = msg[0].get("cgroup_dirs", [])
         return Layers(**msg[0]["layers"])
 
     def kill(self) -> None:
@@ -214,6 +219,9 @@ class _Slot:
         except subprocess.TimeoutExpired:
             self.kill()
         self.proc.stdout.close()
+        for path in self.cgroup_dirs:  # empty now that the worker and its runs are gone
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
         # rm is iterative: a deep chain left by a program (degraded mode only) cannot break it
         subprocess.run(["rm", "-rf", "--one-file-system", "--", self.fallback_scratch], env=WORKER_ENV,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -290,7 +298,7 @@ class Sandbox:
                         header, (output, res) = msg
                         results[slot.job[0]] = Execution(
                             header["exit_code"], header["signal"], header["timed_out"], header["over_cap"],
-                            header["setup_ok"], output, res, header["wall_ms"],
+                            header["setup_ok"], output, res, header["wall_ms"], oom=header.get("oom", False),
                         )
                         slot.job = None
                     elif not alive:

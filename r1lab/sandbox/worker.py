@@ -131,6 +131,7 @@ class Worker:
         # namespace) are re-parented to this worker, which reaps or kills them before answering.
         L.prctl(L.PR_SET_CHILD_SUBREAPER, 1)
         self.runtime_files = config.get("runtime_files") or _runtime_files()
+        self.cgroup = self._prepare_cgroup(config.get("cgroup", ""))
         self.scratch = self._namespaces(config["fallback_scratch"], config.get("hide", []))
         self.child_uid, self.child_gid = (UID_INSIDE, UID_INSIDE) if self.userns else (self.uid, self.gid)
         self._prepare_landlock()
@@ -170,6 +171,24 @@ class Worker:
         self.fresh_scratch = True
         act.append("private tmpfs scratch per run (64 MiB, 4096 inodes, unmounted after)")
         return SCRATCH
+
+    def _prepare_cgroup(self, delegated: str) -> L.SlotCgroup | None:
+        """Join a cgroup of this slot's own (before the namespaces: it needs the host's /sys)."""
+        if "cgroups" in self.disable:
+            reason = "disabled by the caller"
+        elif self.mode != "root":
+            reason = "needs root mode"
+        else:
+            try:
+                cgroup, reason = L.find_cgroup(f"r1lab-sbx-{os.getpid()}", delegated)
+                if cgroup is not None:
+                    cgroup.join()
+                    self.layers.active.append(cgroup.describe())
+                    return cgroup
+            except OSError as e:
+                reason = e.strerror or str(e)
+        self.layers.missing["cgroups"] = f"{reason}; fallback: rlimits, and one process per run (threads allowed) so that RLIMIT_AS bounds the whole run"
+        return None
 
     def _enter_user_namespace(self, flags: int) -> None:
         """unshare(CLONE_NEWUSER) and map uid/gid UID_INSIDE to the slot's ids outside. An
@@ -306,7 +325,7 @@ class Worker:
             self.layers.missing["landlock scope"] = f"needs Landlock abi 6, kernel has {abi}"
 
     def _prepare_seccomp(self) -> None:
-        self.seccomp = None if "seccomp" in self.disable else L.seccomp_program()
+        self.seccomp = None if "seccomp" in self.disable else L.seccomp_program(processes=self.cgroup is not None)
         if self.seccomp is None:
             self.layers.missing["seccomp"] = f"no policy written for {os.uname().machine}"
             return
@@ -320,7 +339,7 @@ class Worker:
                 os._exit(1)
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) == 0:
-            self.layers.active.append(f"seccomp allow-list ({os.uname().machine})")
+            self.layers.active.append(f"seccomp allow-list ({os.uname().machine}{'' if self.cgroup else ', threads but no new processes'})")
         else:
             self.layers.missing["seccomp"] = "the kernel refused the filter"
             self.seccomp = None
@@ -328,7 +347,7 @@ class Worker:
     # --- one run ------------------------------------------------------------------------------
 
     def serve(self) -> None:
-        _send(self.resp_fd, {"ready": True, "runtime_files": self.runtime_files,
+        _send(self.resp_fd, {"ready": True, "runtime_files": self.runtime_files, "cgroup_dirs": list(self.cgroup.paths.values()) if self.cgroup else [],
                              "layers": {"mode": self.layers.mode, "active": self.layers.active, "missing": self.layers.missing}})
         while True:
             try:
@@ -342,6 +361,10 @@ class Worker:
 
     def run(self, request: dict) -> tuple[dict, bytes, bytes]:
         limits = L.Limits(**request["limits"])
+        oom_before = 0
+        if self.cgroup is not None:
+            self.cgroup.set_limits(limits.memory_mb << 20, limits.processes)
+            oom_before = self.cgroup.oom_kills()
         stdin_path = None
         if request.get("stdin"):
             stdin_path = os.path.join(self.scratch, ".stdin")
@@ -362,7 +385,9 @@ class Worker:
                 os._exit(EXIT_SETUP)
         for fd in (out_w, res_w, setup_w, pid_w):
             os.close(fd)
-        return self._supervise(shim, limits, start, out_r, res_r, setup_r, pid_r)
+        header, output, results = self._supervise(shim, limits, start, out_r, res_r, setup_r, pid_r)
+        header["oom"] = self.cgroup is not None and header["signal"] is not None and self.cgroup.oom_kills() > oom_before
+        return header, output, results
 
     def _shim(self, request, limits, stdin_path, out_w, res_w, setup_w, pid_w) -> None:
         """In the shim: die with the worker, open a pid namespace, fork the child, report its status."""
