@@ -107,7 +107,10 @@ class _Budget:
 
 def _hashable_without_collisions(items: list) -> list:
     """``items`` unchanged, after checking that few share a hash (linear-time hash containers)."""
-    hashes = sorted(hash(x) for x in items)  # TypeError for an unhashable member: malformed
+    try:
+        hashes = sorted(hash(x) for x in items)
+    except TypeError:  # a list or dict as a set member or a key
+        raise ValueError("an unhashable set member or dict key") from None
     run = 1
     for a, b in zip(hashes, hashes[1:]):
         run = run + 1 if a == b else 1
