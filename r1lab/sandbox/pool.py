@@ -20,7 +20,6 @@ import logging
 import os
 import pwd
 import selectors
-import shutil
 import signal
 import struct
 import subprocess
@@ -39,7 +38,7 @@ log = logging.getLogger("r1lab.sandbox")
 
 WORKER_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 # Layers that a mode lacks by design (reported, but not a degradation of that mode).
-BY_DESIGN = {"root": {"cgroups"}, "user": {"uid per slot", "cgroups"}}
+BY_DESIGN = {"root": set(), "user": {"uid per slot"}}
 WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 STARTUP_TIMEOUT_S = 30.0
 BACKSTOP_S = 10.0  # a worker that has not answered this long after a run's own timeout is replaced
@@ -88,6 +87,8 @@ class Execution:
     wall_ms: float
     error: str = ""
     """An infrastructure failure (the worker died or stopped answering)."""
+    oom: bool = False
+    """The slot's cgroup killed the run for using more than ``memory_mb``."""
 
 
 def _worker_failure(error: str, wall_ms: float, timed_out: bool = False) -> Execution:
@@ -105,6 +106,7 @@ def hidden_paths() -> list[str]:
     return sorted(found)
 
 
+_RUNTIME_FILES: dict[str, list[str]] = {}  # interpreter -> shared libraries its workers bind
 _uid_counter = 0
 _uid_lock = threading.Lock()
 
@@ -136,16 +138,21 @@ class _Slot:
 
     def __init__(self, mode: str, python: str, disable: frozenset[str]):
         self.mode = mode
-        self.uid = _pick_uid() if mode == "root" else os.getuid()
-        self.gid = self.uid if mode == "root" else os.getgid()
+        # As root, in either mode, a slot gets a uid of its own (user mode maps it into the
+        # namespace): the child never runs as uid 0, which RLIMIT_NPROC does not bind.
+        self.uid = _pick_uid() if os.geteuid() == 0 else os.getuid()
+        self.gid = self.uid if os.geteuid() == 0 else os.getgid()
         # Only used where the worker cannot mount its own tmpfs (no user namespace).
         self.fallback_scratch = tempfile.mkdtemp(prefix="r1lab-sbx-")
         if mode == "root":
             os.chown(self.fallback_scratch, self.uid, self.gid)
         config = {
             "mode": mode, "uid": self.uid, "gid": self.gid, "fallback_scratch": self.fallback_scratch,
-            "disable": sorted(disable), "hide": hidden_paths(),
+            "disable": sorted(disable), "hide": hidden_paths(), "runtime_files": _RUNTIME_FILES.get(python, []),
+            "cgroup": os.environ.get("R1LAB_SANDBOX_CGROUP", ""),
         }
+        self.cgroup_dirs: list[str] = []
+        self.python = python
         self.proc = subprocess.Popen(
             [python, "-S", "-s", "-B", WORKER_PY, json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=WORKER_ENV, cwd="/",
@@ -195,6 +202,8 @@ class _Slot:
                 if time.monotonic() > deadline or (sel.select(deadline - time.monotonic()) and not self.feed()):
                     self.kill()
                     raise RuntimeError(f"sandbox worker failed to start (exit {self.proc.returncode}); see its stderr above")
+        _RUNTIME_FILES.setdefault(self.python, msg[0].get("runtime_files", []))  # ldd runs once per interpreter
+        self.cgroup_dirs = msg[0].get("cgroup_dirs", [])
         return Layers(**msg[0]["layers"])
 
     def kill(self) -> None:
@@ -210,16 +219,12 @@ class _Slot:
         except subprocess.TimeoutExpired:
             self.kill()
         self.proc.stdout.close()
-        shutil.rmtree(self.fallback_scratch, onerror=_chmod_and_retry)
-
-
-def _chmod_and_retry(func, path, _exc) -> None:
-    os.chmod(os.path.dirname(path), 0o700)
-    if os.path.isdir(path) and not os.path.islink(path):
-        os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=_chmod_and_retry)
-    elif os.path.lexists(path):
-        os.unlink(path)
+        for path in self.cgroup_dirs:  # empty now that the worker and its runs are gone
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        # rm is iterative: a deep chain left by a program (degraded mode only) cannot break it
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", self.fallback_scratch], env=WORKER_ENV,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class Sandbox:
@@ -293,7 +298,7 @@ class Sandbox:
                         header, (output, res) = msg
                         results[slot.job[0]] = Execution(
                             header["exit_code"], header["signal"], header["timed_out"], header["over_cap"],
-                            header["setup_ok"], output, res, header["wall_ms"],
+                            header["setup_ok"], output, res, header["wall_ms"], oom=header.get("oom", False),
                         )
                         slot.job = None
                     elif not alive:
