@@ -153,13 +153,13 @@ class SwiGLU(nn.Module):
 
 @functools.cache
 def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``F.grouped_mm`` runs forward *and* backward here (on CPU in torch 2.13 it does
-    for bf16 but its fp32 backward fails), checked once on a tiny problem."""
+    """Whether ``F.grouped_mm`` runs forward *and* backward for this device and dtype (torch
+    2.13 has CPU kernels; older versions and some GPUs do not), checked once on a tiny problem."""
     try:
         x = torch.ones(4, 8, device=device_type, dtype=dtype, requires_grad=True)  # no RNG draw: builds stay seeded
         w = torch.ones(2, 8, 16, device=device_type, dtype=dtype, requires_grad=True)
         y = F.grouped_mm(x, w, offs=torch.tensor([1, 4], device=device_type, dtype=torch.int32))
-        y.float().sum().backward()
+        y.backward(torch.ones_like(y))  # a real gradient: an expanded one (stride 0) is refused
         return True
     except (RuntimeError, NotImplementedError):
         return False
