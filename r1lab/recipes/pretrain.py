@@ -25,27 +25,28 @@ from r1lab.tasks import Task, get_task
 from r1lab.tokenizer import CharTokenizer
 
 
-def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float) -> list[int]:
-    """One corpus document: a train question with a worked or a direct answer in the R1 template."""
-    ex = task.sample(rng, "train")
+def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float, split: str = "train") -> list[int]:
+    """One corpus document: a question of ``split`` with a worked or a direct answer in the R1 template."""
+    ex = task.sample(rng, split)
     worked = bool(ex.solution) and rng.random() < worked_fraction
     completion = tok.completion_text(ex.solution if worked else "", ex.answer)
     return tok.prompt_ids(ex.question) + tok.encode(completion) + [tok.eos_id]
 
 
-def batch(tok: CharTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(tok: CharTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int,
+          split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` sequences of ``seq_len`` tokens, each packed with whole documents (GPT-style
     packing: plain causal attention across document boundaries, every document opening with
     bos), right-padded after the last document that fits; a document that does not fit opens
-    the next row. Returns ids and the real-token mask."""
+    the next row. Returns ids and the real-token mask. ``split="test"`` gives held-out documents."""
     ids = torch.full((rows, seq_len), tok.pad_id, dtype=torch.long)
-    doc = document(tok, task, rng, worked_fraction)[:seq_len]
+    doc = document(tok, task, rng, worked_fraction, split)[:seq_len]
     for r in range(rows):
         filled = 0
         while filled + len(doc) <= seq_len:
             ids[r, filled : filled + len(doc)] = torch.tensor(doc)
             filled += len(doc)
-            doc = document(tok, task, rng, worked_fraction)[:seq_len]  # may open the next row
+            doc = document(tok, task, rng, worked_fraction, split)[:seq_len]  # may open the next row
     return ids, ids != tok.pad_id
 
 
