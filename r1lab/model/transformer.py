@@ -159,8 +159,10 @@ class Transformer(nn.Module):
         past = cache.length if cache is not None else 0
         if positions_BT is None:
             positions_BT = torch.arange(past, past + T, device=device).expand(B, T)
-        if past + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        # Positions, not cache slots, are bounded: speculative decoding leaves rejected drafts'
+        # slots behind (masked out), so a row may occupy more slots than its length.
+        if T and int(positions_BT.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {int(positions_BT.max()) + 1} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[positions_BT], self.rope_sin[positions_BT]  # (B, T, d/2)
         mask = token_mask = None
         if key_mask_BS is not None:
