@@ -57,6 +57,40 @@ class ModelConfig:
     "RoPE base frequency"
     init_std: float = 0.02
     "std of the normal init of weights and (tied) embeddings; PyTorch's default 1.0 stalls tiny models"
+    router: Literal["softmax", "sigmoid"] = "softmax"
+    "expert affinities: DeepSeekMoE's softmax or DeepSeek-V3's sigmoid (arXiv:2412.19437, eq. 13-16)"
+    norm_topk_prob: bool = True
+    "renormalise the chosen top-k weights to sum to one (V2/V3); False keeps DeepSeekMoE eq. 5's raw softmax gates"
+    routed_scaling_factor: float = 1.0
+    "multiplier of the routed experts' gate weights (DeepSeek-V3: 2.5)"
+    n_group: int = 1
+    "expert groups for group-limited routing; 1 disables it (DeepSeek-V3: 8)"
+    topk_group: int = 1
+    "groups kept per token, chosen by the sum of each group's top-2 affinities (DeepSeek-V3: 4)"
+    first_k_dense_replace: int = 0
+    "the first k blocks use a dense SwiGLU of width d_ff instead of MoE (DeepSeek-V3: 3)"
+    bias_update_speed: float = 0.0
+    "aux-loss-free balancing gamma: per-expert selection bias step per optimizer step; 0 disables it (DeepSeek-V3: 0.001; needs router sigmoid)"
+    bias_update_stop: int = 0
+    "optimizer step after which gamma is 0 (DeepSeek-V3 stops it for the last 500B tokens); 0 never stops"
+    seq_aux_loss_coef: float = 0.0
+    "sequence-wise balance loss weight alpha (DeepSeek-V3, eq. 17-20: 1e-4); 0 disables it"
+    attention: Literal["gqa", "mla"] = "gqa"
+    "attention: grouped-query (n_kv_heads) or DeepSeek-V2/V3 multi-head latent attention with a compressed KV cache"
+    kv_lora_rank: int = 32
+    "MLA: width of the compressed KV latent that the cache stores (DeepSeek-V3: 512 for d_model 7168)"
+    q_lora_rank: int = 0
+    "MLA: width of the compressed query latent; 0 projects queries directly (DeepSeek-V3: 1536)"
+    qk_nope_head_dim: int = 32
+    "MLA: per-head query/key width without rotary positions (DeepSeek-V3: 128)"
+    qk_rope_head_dim: int = 16
+    "MLA: per-head width of the decoupled rotary query and the shared rotary key (DeepSeek-V3: 64)"
+    v_head_dim: int = 32
+    "MLA: per-head value width (DeepSeek-V3: 128)"
+    mtp_depth: int = 0
+    "multi-token prediction modules (DeepSeek-V3 sec. 2.2: 1); each predicts one token further ahead"
+    mtp_loss_weight: float = 0.3
+    "lambda, weight of the mean MTP loss (DeepSeek-V3: 0.3, later 0.1)"
 
 
 @dataclass
@@ -206,6 +240,20 @@ class Config:
             ("model.n_shared_experts", m.n_shared_experts >= 0, "must be >= 0"),
             ("model.max_seq_len", m.max_seq_len >= 8, "must be >= 8"),
             ("model.init_std", m.init_std > 0, "must be positive"),
+            ("model.n_group", m.n_group >= 1 and m.n_routed_experts % m.n_group == 0, f"must divide model.n_routed_experts ({m.n_routed_experts})"),
+            ("model.topk_group", 1 <= m.topk_group <= m.n_group and m.topk_group * (m.n_routed_experts // max(m.n_group, 1)) >= m.top_k, "must be in [1, model.n_group] and keep at least model.top_k experts eligible"),
+            ("model.routed_scaling_factor", m.routed_scaling_factor > 0, "must be positive"),
+            ("model.first_k_dense_replace", 0 <= m.first_k_dense_replace <= m.n_layers, "must be in [0, model.n_layers]"),
+            ("model.bias_update_speed", m.bias_update_speed >= 0 and (m.bias_update_speed == 0 or m.router == "sigmoid"), "must be >= 0, and > 0 only with model.router sigmoid"),
+            ("model.bias_update_stop", m.bias_update_stop >= 0, "must be >= 0"),
+            ("model.seq_aux_loss_coef", m.seq_aux_loss_coef >= 0, "must be >= 0"),
+            ("model.kv_lora_rank", m.kv_lora_rank > 0, "must be positive"),
+            ("model.q_lora_rank", m.q_lora_rank >= 0, "must be >= 0"),
+            ("model.qk_rope_head_dim", m.qk_rope_head_dim > 0 and m.qk_rope_head_dim % 2 == 0, "must be a positive even number"),
+            ("model.qk_nope_head_dim", m.qk_nope_head_dim > 0, "must be positive"),
+            ("model.v_head_dim", m.v_head_dim > 0, "must be positive"),
+            ("model.mtp_depth", m.mtp_depth in (0, 1), "must be 0 or 1"),
+            ("model.mtp_loss_weight", m.mtp_loss_weight >= 0, "must be >= 0"),
             ("pretrain.lr", p.lr > 0, "must be positive"),
             ("pretrain.batch_size", p.batch_size > 0, "must be positive"),
             ("pretrain.steps", p.steps >= 0, "must be >= 0"),

@@ -1,4 +1,4 @@
-"""Decoder-only Transformer: RMSNorm, RoPE, grouped-query SDPA attention, SwiGLU or DeepSeekMoE FFN.
+"""Decoder-only Transformer: RMSNorm, RoPE, GQA or MLA attention, SwiGLU or DeepSeekMoE FFN, MTP.
 
 The LLaMA/DeepSeek block (pre-norm, RMSNorm, rotary positions, SwiGLU) at toy scale, with a
 pre-allocated KV cache. One model code serves sampling and training: ``forward`` takes explicit
@@ -7,8 +7,12 @@ cache sees exactly the keys and positions that the training pass over the whole 
 and rollout log-probs equal trainer log-probs up to float error (tested).
 
 Departures: tied input/output embeddings and a 0.02-std init (PyTorch's std-1 embedding init
-with tied weights starts tiny models near loss 84 and stalls them; see DESIGN.md). MLA and MTP
-are not here yet.
+with tied weights starts tiny models near loss 84 and stalls them; see DESIGN.md). Rotary
+positions rotate the two halves of a head (GPT-NeoX style), not interleaved pairs as in
+DeepSeek's code. Multi-head latent attention lives in ``mla.py``; DeepSeek-V3's multi-token
+prediction module (arXiv:2412.19437, sec. 2.2) is ``Transformer.mtp`` (``model.mtp_depth 1``):
+its own block over [RMSNorm(h_i); RMSNorm(embed(t_{i+1}))], sharing the embedding and the output
+head, predicting t_{i+2}; ``r1lab.model.mtp`` uses it to draft tokens for speculative decoding.
 """
 
 from __future__ import annotations
@@ -21,31 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1lab.config import ModelConfig
+from r1lab.model.layers import RMSNorm, apply_rope, rope_tables
+from r1lab.model.mla import LatentCache, MLAttention
 from r1lab.model.moe import MoE, SwiGLU
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x_BHTd: torch.Tensor, cos_BTd: torch.Tensor, sin_BTd: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) by position-dependent angles (RoFormer)."""
-    x1, x2 = x_BHTd.chunk(2, dim=-1)
-    cos, sin = cos_BTd[:, None], sin_BTd[:, None]  # broadcast over heads
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache:
@@ -92,15 +74,22 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
+def make_ffn(cfg: ModelConfig, layer: int) -> nn.Module:
+    """DeepSeekMoE FFN, or a dense SwiGLU for dense models and the first ``first_k_dense_replace`` blocks."""
+    if cfg.ffn != "moe" or layer < cfg.first_k_dense_replace:
+        return SwiGLU(cfg.d_model, cfg.d_ff)
+    return MoE(cfg.d_model, cfg.n_routed_experts, cfg.n_shared_experts, cfg.top_k, cfg.d_expert, cfg.aux_loss_coef,
+               router=cfg.router, n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
+               routed_scaling_factor=cfg.routed_scaling_factor, seq_aux_loss_coef=cfg.seq_aux_loss_coef,
+               bias_update_speed=cfg.bias_update_speed, bias_update_stop=cfg.bias_update_stop)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.attn_norm, self.ffn_norm = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
-        self.attn = Attention(cfg)
-        if cfg.ffn == "moe":
-            self.ffn = MoE(cfg.d_model, cfg.n_routed_experts, cfg.n_shared_experts, cfg.top_k, cfg.d_expert, cfg.aux_loss_coef)
-        else:
-            self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
+        self.attn = MLAttention(cfg) if cfg.attention == "mla" else Attention(cfg)
+        self.ffn = make_ffn(cfg, layer)
 
     def forward(self, x, cos, sin, mask, cache, layer, token_mask):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
@@ -111,11 +100,23 @@ class Block(nn.Module):
         return x + self.ffn(h), None
 
 
+class MTPModule(nn.Module):
+    """DeepSeek-V3's MTP module (depth 1): M [RMSNorm(h_i); RMSNorm(Emb(t_{i+1}))] -> its own block
+    -> its own final norm -> the shared output head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hnorm, self.enorm, self.norm = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.proj = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
+        self.block = Block(cfg, cfg.n_layers)
+
+
 @dataclass
 class ModelOutput:
     logits_BTV: torch.Tensor
     aux_loss: torch.Tensor  # sum of the MoE balance losses (0 for a dense model)
     load_LE: torch.Tensor | None  # (layers, experts) token-slots per expert, None for dense
+    hidden_BTD: torch.Tensor | None = None  # last block's output before the final norm (the MTP module's input)
 
 
 class Transformer(nn.Module):
@@ -123,9 +124,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
-        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.mtp = MTPModule(cfg) if cfg.mtp_depth > 0 else None
+        rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.d_model // cfg.n_heads
+        cos, sin = rope_tables(rope_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -139,38 +142,55 @@ class Transformer(nn.Module):
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight", "w2_EHD")) else 1.0
             nn.init.normal_(p, std=std * scale)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, mtp: bool = False) -> KVCache | LatentCache:
+        """An empty cache for the main blocks, or (``mtp``) for the MTP module's block. GQA caches
+        keys and values; MLA caches the compressed latent and the shared rotary key."""
         cfg = self.cfg
         p = self.embed.weight
-        return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len, cfg.d_model // cfg.n_heads, p.dtype, p.device)
+        n_layers = cfg.mtp_depth if mtp else cfg.n_layers
+        max_len = max_len or cfg.max_seq_len
+        if cfg.attention == "mla":
+            return LatentCache(n_layers, batch, max_len, cfg.kv_lora_rank, cfg.qk_rope_head_dim, p.dtype, p.device)
+        return KVCache(n_layers, batch, cfg.n_kv_heads, max_len, cfg.d_model // cfg.n_heads, p.dtype, p.device)
 
-    def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
-        """Logits for ``ids_BT``.
-
-        Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
-        With it (B, S): S = cached length + T, True where a key is a real token; positions must
-        then be given too. Every query may always attend to itself, so a padding query (which
-        would otherwise see no key at all) yields finite values instead of NaN."""
-        B, T = ids_BT.shape
+    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache):
+        """RoPE tables at the positions, the (B, 1, T, S) boolean mask (None: plain causal), and
+        the (B, T) real-token mask of the MoE statistics implied by ``key_mask_BS``."""
         past = cache.length if cache is not None else 0
         if positions_BT is None:
-            positions_BT = torch.arange(past, past + T, device=ids_BT.device).expand(B, T)
-        if past + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+            positions_BT = torch.arange(past, past + T, device=device).expand(B, T)
+        # Positions, not cache slots, are bounded: speculative decoding leaves rejected drafts'
+        # slots behind (masked out), so a row may occupy more slots than its length.
+        if T and int(positions_BT.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {int(positions_BT.max()) + 1} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[positions_BT], self.rope_sin[positions_BT]  # (B, T, d/2)
-        mask = None
-        token_mask = None
+        mask = token_mask = None
         if key_mask_BS is not None:
             S = key_mask_BS.shape[1]
-            q_pos = torch.arange(past, past + T, device=ids_BT.device)
-            k_pos = torch.arange(S, device=ids_BT.device)
+            q_pos = torch.arange(past, past + T, device=device)
+            k_pos = torch.arange(S, device=device)
             causal_TS = k_pos[None, :] <= q_pos[:, None]
             mask = (causal_TS[None] & key_mask_BS[:, None, :]) | (k_pos[None, None, :] == q_pos[None, :, None])
             mask = mask[:, None]  # (B, 1, T, S)
             token_mask = key_mask_BS[:, past:]
         elif cache is not None and past > 0:
             raise ValueError("decoding with a filled cache needs key_mask_BS")
+        return cos, sin, mask, token_mask
 
+    def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
+                cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None) -> ModelOutput:
+        """Logits for ``ids_BT``.
+
+        Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
+        With it (B, S): S = cached length + T, True where a key is a real token; positions must
+        then be given too. Every query may always attend to itself, so a padding query (which
+        would otherwise see no key at all) yields finite values instead of NaN.
+        ``token_mask_BT`` marks the real tokens for the MoE balance losses and load statistics
+        when it cannot be read off ``key_mask_BS`` (pretraining's right padding)."""
+        B, T = ids_BT.shape
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, ids_BT.device, positions_BT, key_mask_BS, cache)
+        if token_mask_BT is not None:
+            token_mask = token_mask_BT
         x = self.embed(ids_BT)
         aux = x.new_zeros((), dtype=torch.float32)
         loads = []
@@ -182,7 +202,28 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += T
         logits = F.linear(self.norm(x), self.embed.weight)  # tied output head, (B, T, V)
-        return ModelOutput(logits, aux, torch.stack(loads) if loads else None)
+        return ModelOutput(logits, aux, torch.stack(loads) if loads else None, hidden_BTD=x)
+
+    def mtp_forward(self, hidden_BTD: torch.Tensor, next_ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None,
+                    key_mask_BS: torch.Tensor | None = None, cache: KVCache | LatentCache | None = None,
+                    token_mask_BT: torch.Tensor | None = None) -> ModelOutput:
+        """The MTP module: from the main model's hidden state at position i and the token at i+1,
+        logits for the token at i+2 (B, T, V). Masks and positions are those of position i; its
+        cache comes from ``new_cache(..., mtp=True)``."""
+        if self.mtp is None:
+            raise ValueError("model.mtp_depth is 0: this model has no MTP module")
+        B, T = next_ids_BT.shape
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, next_ids_BT.device, positions_BT, key_mask_BS, cache)
+        if token_mask_BT is not None:
+            token_mask = token_mask_BT
+        m = self.mtp
+        x = m.proj(torch.cat([m.hnorm(hidden_BTD), m.enorm(self.embed(next_ids_BT))], dim=-1))  # (B, T, D)
+        x, stats = m.block(x, cos, sin, mask, cache, 0, token_mask)
+        if cache is not None:
+            cache.length += T
+        logits = F.linear(m.norm(x), self.embed.weight)  # shared output head
+        aux = stats.aux_loss if stats is not None else x.new_zeros((), dtype=torch.float32)
+        return ModelOutput(logits, aux, stats.load_E[None] if stats is not None else None, hidden_BTD=x)
 
 
 def count_parameters(model: Transformer) -> tuple[int, int]:

@@ -6,6 +6,7 @@ a graceful stop on SIGTERM/Ctrl-C (``StopFlag``) and the non-finite guard (``non
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -206,12 +207,61 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def moe_metrics(load_LE: torch.Tensor | None) -> dict[str, float]:
-    """Balance of the routed experts: max load over mean load, averaged over layers (1 = even)."""
-    if load_LE is None:
-        return {}
-    ratio = load_LE.max(dim=1).values / load_LE.mean(dim=1).clamp(min=1e-9)
-    return {"moe/load_max_over_mean": float(ratio.mean())}
+EXPERT_LOAD_FILE = "expert_load.jsonl"
+
+
+class ExpertLoadLog:
+    """``<run>/expert_load.jsonl``: one line per optimizer step of an MoE model,
+    ``{"step": N, "load_LE": [[fraction of the step's routed token-slots per expert] per MoE
+    layer]}``. On resume, lines after ``resume_step`` are dropped (as ``tracking.Tracker`` does).
+    A dense model (``load_LE`` None) writes nothing."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        self.path = Path(run_dir) / EXPERT_LOAD_FILE
+        if resume_step is not None and self.path.exists():
+            kept = [ln for ln, row in tracking._parse_lines(self.path.read_text(encoding="utf-8"), self.path) if row["step"] <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._file = None
+
+    def log(self, step: int, load_LE: torch.Tensor | None) -> None:
+        if load_LE is None:
+            return
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
+        frac_LE = load_LE / load_LE.sum(dim=1, keepdim=True).clamp(min=1e-9)
+        self._file.write(json.dumps({"step": int(step), "load_LE": [[round(float(v), 6) for v in row] for row in frac_LE]}) + "\n")
+        self._file.flush()
+
+    def __enter__(self) -> ExpertLoadLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def expert_load_heatmap(run_dir: Path, stage: str, max_columns: int = 100) -> Path | None:
+    """``<run>/expert_load.png``: rows are (MoE layer, expert), columns logged steps (averaged
+    into at most ``max_columns`` bins), colour the expert's share of its layer's token-slots."""
+    from r1lab.report import plots  # matplotlib costs an import only when a plot is drawn
+
+    path = Path(run_dir) / EXPERT_LOAD_FILE
+    if not path.exists():
+        return None
+    rows = [row for _, row in tracking._parse_lines(path.read_text(encoding="utf-8"), path)]
+    if not rows:
+        return None
+    load_SLE = np.asarray([r["load_LE"] for r in rows], dtype=float)  # (steps, L, E)
+    S, L, E = load_SLE.shape
+    bins = np.array_split(np.arange(S), min(S, max_columns))
+    matrix = np.stack([load_SLE[b].mean(0).reshape(L * E) for b in bins], axis=1)  # (L*E, bins)
+    labels = [f"L{l} E{e}" for l in range(L) for e in range(E)] if L * E <= 64 else None
+    return plots.heatmap(Path(run_dir) / "expert_load.png", matrix, title=f"{stage}: expert load over steps ({rows[0]['step']}-{rows[-1]['step']})",
+                         xlabel="step bin", ylabel="MoE layer, expert", colorbar="share of layer's token-slots", yticklabels=labels)
 
 
 def print_stage_summary(run_dir: Path, stage: str, keys: list[str]) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from r1lab import checkpoint, tracking
 from r1lab.config import Config
+from r1lab.model import moe
 from r1lab.model.transformer import count_parameters
 from r1lab.recipes import common
 from r1lab.sft import masked_nll
@@ -24,27 +25,28 @@ from r1lab.tasks import Task, get_task
 from r1lab.tokenizer import CharTokenizer
 
 
-def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float) -> list[int]:
-    """One corpus document: a train question with a worked or a direct answer in the R1 template."""
-    ex = task.sample(rng, "train")
+def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float, split: str = "train") -> list[int]:
+    """One corpus document: a question of ``split`` with a worked or a direct answer in the R1 template."""
+    ex = task.sample(rng, split)
     worked = bool(ex.solution) and rng.random() < worked_fraction
     completion = tok.completion_text(ex.solution if worked else "", ex.answer)
     return tok.prompt_ids(ex.question) + tok.encode(completion) + [tok.eos_id]
 
 
-def batch(tok: CharTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(tok: CharTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int,
+          split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` sequences of ``seq_len`` tokens, each packed with whole documents (GPT-style
     packing: plain causal attention across document boundaries, every document opening with
     bos), right-padded after the last document that fits; a document that does not fit opens
-    the next row. Returns ids and the real-token mask."""
+    the next row. Returns ids and the real-token mask. ``split="test"`` gives held-out documents."""
     ids = torch.full((rows, seq_len), tok.pad_id, dtype=torch.long)
-    doc = document(tok, task, rng, worked_fraction)[:seq_len]
+    doc = document(tok, task, rng, worked_fraction, split)[:seq_len]
     for r in range(rows):
         filled = 0
         while filled + len(doc) <= seq_len:
             ids[r, filled : filled + len(doc)] = torch.tensor(doc)
             filled += len(doc)
-            doc = document(tok, task, rng, worked_fraction)[:seq_len]  # may open the next row
+            doc = document(tok, task, rng, worked_fraction, split)[:seq_len]  # may open the next row
     return ids, ids != tok.pad_id
 
 
@@ -71,16 +73,23 @@ def run(cfg: Config, run_dir: Path) -> Path:
 
     model.train()
     last_path = ckpt.path if ckpt is not None else None
-    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop:
+    loads = common.ExpertLoadLog(run_dir, resume_step=start if ckpt else None)
+    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop, loads:
         bar = tracking.progress(range(start, p.steps), desc="pretrain", initial=start, total=p.steps)
         for step in bar:
             t0 = time.perf_counter()
             lr = common.lr_at(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
             common.set_lr(opt, lr)
             ids, mask = batch(tok, task, data_rng, p.batch_size, p.worked_fraction, cfg.model.max_seq_len)
-            out = model(ids[:, :-1])
+            # The real-token mask goes to the MoE layers only: attention stays plain causal.
+            out = model(ids[:, :-1], token_mask_BT=mask[:, :-1])
             nll = masked_nll(out.logits_BTV, ids[:, 1:], mask[:, 1:])
             loss = nll + out.aux_loss
+            mtp_nll = None
+            if model.mtp is not None:  # DeepSeek-V3 MTP: from h_i and t_{i+1}, predict t_{i+2}
+                mtp_out = model.mtp_forward(out.hidden_BTD[:, :-1], ids[:, 1:-1], token_mask_BT=mask[:, 1:-1])
+                mtp_nll = masked_nll(mtp_out.logits_BTV, ids[:, 2:], mask[:, 2:])
+                loss = loss + cfg.model.mtp_loss_weight * mtp_nll + mtp_out.aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             bad = common.nonfinite_guard(loss, model)  # NaN/Inf: skip the update, keep the weights
@@ -88,6 +97,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
             if bad is None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
                 opt.step()
+            load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)  # aux-free bias update
             dt = time.perf_counter() - t0
             metrics = {
                 "pretrain/loss": nll.item(),
@@ -96,8 +106,11 @@ def run(cfg: Config, run_dir: Path) -> Path:
                 "pretrain/grad_norm": float(grad_norm),
                 "pretrain/tokens_per_s": float(mask.sum()) / dt,
                 "pretrain/skipped_nonfinite": int(bad is not None),
-                **common.moe_metrics(out.load_LE),
+                **moe.balance_metrics(model, load_LE),
             }
+            if mtp_nll is not None:
+                metrics["pretrain/mtp_loss"] = mtp_nll.item()
+            loads.log(step + 1, load_LE)
             tracker.log(step + 1, metrics)
             bad_steps = common.count_bad_step(bad, bad_steps, step + 1, cfg.max_bad_steps, last_path)
             bar.set_postfix(loss=f"{metrics['pretrain/loss']:.3f}", refresh=False)
@@ -105,6 +118,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
                 state = {**common.model_state(model), "bad_steps": bad_steps}
                 last_path = checkpoint.save(run_dir, step + 1, model, opt, state=state, generators={"data": data_rng}, keep=cfg.keep_checkpoints)
             stop.check(step + 1, p.steps, last_path)
+    common.expert_load_heatmap(run_dir, "pretrain")
     return last_path
 
 

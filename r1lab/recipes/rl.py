@@ -17,6 +17,7 @@ import torch
 
 from r1lab import checkpoint, rl, rollout, tracking
 from r1lab.config import Config, EvalConfig
+from r1lab.model import moe
 from r1lab.recipes import common
 from r1lab.recipes.eval import evaluate_model
 from r1lab.rewards import RewardWeights
@@ -53,7 +54,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
     last_path = ckpt.path if ckpt is not None else init_ckpt.path
     policy.train()
-    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop:
+    loads = common.ExpertLoadLog(run_dir, resume_step=start if ckpt else None)
+    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop, loads:
         bar = tracking.progress(range(start, r.steps), desc="rl", initial=start, total=r.steps)
         for step in bar:
             t0 = time.perf_counter()
@@ -77,6 +79,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
 
             # 4. Clipped policy-gradient update(s) on this batch.
             t1 = time.perf_counter()
+            load_LE = None
             for update in range(r.updates_per_batch):
                 logp, aux = rollout.policy_logprobs(policy, ro.tokens, ro.attention_mask, r.sample.temperature)
                 if update == 0:  # sampler and trainer ran the same weights: their log-probs must agree
@@ -88,9 +91,11 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 bad = common.nonfinite_guard(loss, policy)  # NaN/Inf: skip the rest of this batch's updates
                 if bad is not None:
                     grad_norm = float("nan")
+                    moe.after_optimizer_step(policy, 0, stepped=False)  # drop this pass's expert load
                     break
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), r.grad_clip if r.grad_clip > 0 else float("inf"))
                 opt.step()
+                load_LE = moe.after_optimizer_step(policy, step * r.updates_per_batch + update + 1)  # aux-free bias update
             t_train = time.perf_counter() - t1
 
             lengths = ro.completion_lengths.float()
@@ -113,7 +118,9 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 "train/skipped_nonfinite": int(bad is not None),
                 "time/sample_s": t_sample,
                 "time/train_s": t_train,
+                **moe.balance_metrics(policy, load_LE),
             }
+            loads.log(step + 1, load_LE)
             if r.eval_every and ((step + 1) % r.eval_every == 0 or step + 1 == r.steps):
                 res = evaluate_model(policy, tok, task, eval_cfg, weights, desc="rl eval")
                 metrics["eval/pass@1"] = res.metrics["pass@1"]
