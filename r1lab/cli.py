@@ -18,6 +18,7 @@ checkpoint; continue a stopped run with ``--resume``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 
@@ -33,6 +34,8 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
+    "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
+    "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
 }
 COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
 
@@ -78,10 +81,35 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
     questions = []
     while rest and not rest[0].startswith("--") and stage == "sample":
         questions.append(rest.pop(0))
+    # `r1lab report FOLDER`: the folder is the one the report is written into.
+    if stage == "report" and rest and not rest[0].startswith("--"):
+        if "--out" in rest:
+            raise ConfigError("report takes its folder either as an argument or as --out, not both")
+        rest = ["--out", rest[0], *rest[1:]]
+    if stage == "label":
+        rest = label_flags(rest)
     overrides = config_lib.parse_overrides(rest)
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
     return stage, config_lib.build(*layers, overrides), debug
+
+
+# `r1lab label` short flags -> their config keys; --agreement takes two files.
+LABEL_FLAGS = {"--from": "--label.source", "--port": "--label.port", "--host": "--label.host", "--token": "--label.token"}
+
+
+def label_flags(rest: list[str]) -> list[str]:
+    out = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--agreement":
+            if len(rest) < 2 or any(a.startswith("--") for a in rest[:2]):
+                raise ConfigError("--agreement needs two label files: --agreement A.jsonl B.jsonl")
+            out += ["--label.agreement", json.dumps(rest[:2])]
+            rest = rest[2:]
+        else:
+            out.append(LABEL_FLAGS.get(arg, arg))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
