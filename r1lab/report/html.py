@@ -198,16 +198,25 @@ def expert_load(folder: Path, draw: _Drawer) -> Section:
     return sec
 
 
+def _eval_dirs(folder: Path) -> list[tuple[str, Path]]:
+    """(prefix, folder) of the run's eval/ and of its stages' (``r1lab eval --init RUN/rl`` writes
+    to ``RUN/rl/eval/``)."""
+    found = [("", folder / "eval")] if (folder / "eval").is_dir() else []
+    return found + [(f"{d.name}/", d / "eval") for d in sorted(folder.iterdir()) if d.is_dir() and (d / "eval").is_dir()]
+
+
+def _first_base_rl(name: str) -> tuple[bool, bool, str]:
+    return (name != "base", name != "rl", name)
+
+
 def _eval_files(folder: Path) -> list[tuple[str, dict[str, Any]]]:
-    d = folder / "eval"
-    if not d.is_dir():
-        return []
     out = []
-    for p in sorted(d.glob("*.json"), key=lambda p: (p.stem != "base", p.stem != "rl", p.stem)):
-        data = _read_json(p)
-        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
-            out.append((p.stem, data))
-    return out
+    for prefix, d in _eval_dirs(folder):
+        for p in d.glob("*.json"):
+            data = _read_json(p)
+            if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+                out.append((prefix + p.stem, data))
+    return sorted(out, key=lambda x: _first_base_rl(x[0]))
 
 
 def evaluations(folder: Path, draw: _Drawer) -> Section:
@@ -276,16 +285,18 @@ def _mark_answer(text: str) -> list[tuple[str, bool]]:
 def sample_completions(folder: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(model names, rows): the first held-out prompts that every evaluated model answered, with
     each model's first sample."""
-    d = folder / "eval"
-    files = sorted(d.glob("*.samples.jsonl"), key=lambda p: (p.name != "base.samples.jsonl", p.name != "rl.samples.jsonl", p.name)) if d.is_dir() else []
+    files = sorted(((prefix + p.name[: -len(".samples.jsonl")], p) for prefix, d in _eval_dirs(folder) for p in d.glob("*.samples.jsonl")),
+                   key=lambda x: _first_base_rl(x[0]))
     if not files:
         return [], []
     names, by_model = [], []
-    for p in files:
+    for name, p in files:
         first: dict[str, dict[str, Any]] = {}
-        for r in _read_jsonl(p):
+        for i, r in enumerate(_read_jsonl(p)):
+            if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not isinstance(r.get("completion"), str):
+                raise ValueError(f"{p}:{i + 1}: a sample needs \"question\" and \"completion\" strings")
             first.setdefault(r["question"], r)
-        names.append(p.name[: -len(".samples.jsonl")])
+        names.append(name)
         by_model.append(first)
     questions = [q for q in by_model[0] if all(q in m for m in by_model[1:])][:SAMPLE_PROMPTS]
     rows = []

@@ -54,9 +54,8 @@ def curves(path: str | Path, arms: Mapping[str, Sequence[Series]], *, title: str
         if 0 < len(xs) <= 12:  # few x values (k of pass@k): label each plainly, not as 2x10^0
             ax.set_xticks(xs, [f"{v:g}" for v in xs])
             ax.minorticks_off()
-    if xs and all(float(v).is_integer() for v in xs):
-        if not logx:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no tick at 1.25
+    if not logx and xs and all(float(v).is_integer() for v in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no tick at 1.25
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     if len(arms) > 1:
