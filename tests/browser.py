@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "img"
-"screenshots land here: the README links one of each page"
+SCREENSHOTS = Path(os.environ.get("R1LAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / "runs" / "test-artefacts"))
+"test artefacts: screenshots of each page (``R1LAB_SCREENSHOTS=docs/img`` refreshes the README's)"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--window-size=1280,1000"]
 
@@ -41,10 +42,10 @@ def close(driver) -> None:
 
 
 def screenshot(driver, name: str) -> Path:
-    """Save a full-page screenshot under docs/img/ (a test artefact)."""
+    """Save a full-page screenshot under ``SCREENSHOTS`` (a test artefact)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.body.scrollHeight")
-    driver.set_window_size(1280, min(max(height + 40, 600), 4000))
+    driver.set_window_size(1280, min(max(height + 200, 700), 4000))  # + the window's own chrome
     path = SCREENSHOTS / name
     driver.save_screenshot(str(path))
     return path
