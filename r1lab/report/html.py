@@ -54,6 +54,8 @@ CURVE_GROUPS: list[tuple[str, str, str]] = [
     ("throughput", "tokens/s", r".*tokens_per_s"),
     ("expert-load balance", "max expert load / mean load", r"moe/.*"),
 ]
+OFF_WHEN_ZERO = ("KL to the reference policy", "clip fractions")
+"groups left out when 0 throughout: the feature was off (kl_coef 0; one update per batch cannot clip)"
 EVAL_COLUMNS = ("pass@", "maj@", "mean_len", "format_rate", "correct_rate", "distinct_answers")
 _SEED_RE = re.compile(r"seed[-_]?(\d+)\Z")
 
@@ -174,6 +176,9 @@ def training_curves(folder: Path, draw: _Drawer) -> Section:
         label = f"{stage}: " if stage else ""
         for title, ylabel, names in _groups(keys):
             arms = {n: [_series(rows, n)] for n in names}
+            if title in OFF_WHEN_ZERO and all(y == 0 for (_, ys), in arms.values() for y in ys):
+                sec.notes.append(f"{label}{title}: {', '.join(names)} 0 at every logged step (not drawn)")
+                continue
             sec.figures.append(draw(f"{stage or 'run'}-{title}", f"{label}{title}", lambda p, arms=arms, title=title, ylabel=ylabel:
                                     plots.curves(p, arms, title=f"{label}{title}", xlabel="optimizer step", ylabel=ylabel)))
     return sec
@@ -359,6 +364,8 @@ def build(folder: str | Path) -> Path:
     if not folder.is_dir():
         raise ValueError(f"report: {folder} is not a folder")
     draw = _Drawer(folder)
+    for stale in draw.dir.glob("*.png"):  # plots/ is the report's own: no figure of an older build lingers
+        stale.unlink()
     summary_path = folder / "summary.json"
     summary = _read_json(summary_path) if summary_path.is_file() else None
     is_experiment = isinstance(summary, dict) and "experiment" in summary
