@@ -5,6 +5,8 @@
     r1lab rl --init runs/base --rl.group_size 16
     r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
     r1lab sample "7+5*2-3" --init runs/rl
+    r1lab report runs/zero-x                    (re)write report.html of a run or experiment folder
+    r1lab label --from runs/zero-x --out labels.jsonl   label reasoning steps in the browser
 
 Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
 checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2

@@ -47,6 +47,8 @@ def main(cfg: Config) -> Path | None:
         out = Path(cfg.out)
         if out.is_dir():
             raise common.StageError(f"label: --out {out} is a folder; give a .jsonl file path")
+        if out.exists() and Path(lc.source).exists() and out.resolve() == Path(lc.source).resolve():
+            raise common.StageError(f"label: --out {out} is the --from file; write the labels to another file")
         trace_list = traces.load(lc.source, lc.n_traces, cfg.seed)
         store = LabelStore(out, trace_list)
     except traces.TraceError as err:
