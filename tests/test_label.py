@@ -143,6 +143,11 @@ def test_store_resumes_with_every_label(tmp_path):
     assert len(out.read_text().splitlines()) == 2  # compacted to one record per trace on open
     with pytest.raises(ValueError, match="unknown label"):
         store.set(ts[0].id, 0, "meh")
+    # A writer killed mid-line leaves a cut last line: ignored (never confirmed), the rest kept.
+    with open(out, "a") as f:
+        f.write('{"id": "' + ts[2].id + '", "task": "ch')
+    assert LabelStore(out, ts).labels(ts[0]) == ["good", "good", "bad"]
+    assert out.read_text().endswith("\n") and len(out.read_text().splitlines()) == 2
 
 
 def _hammer(out: str, src: str, offset: int) -> None:
@@ -204,6 +209,11 @@ def test_app_errors_are_pages_never_tracebacks_and_token_is_required(tmp_path):
     r = client.post("/api/label", json={"id": ts[0].id, "step": 7, "label": "good"})
     assert r.status_code == 400 and "no step 7" in r.get_json()["error"]
     assert client.get("/").headers["Location"].endswith("/trace/0")
+    for t in ts:
+        for k in range(len(t.steps)):
+            assert client.post("/api/label", json={"id": t.id, "step": k, "label": "good"}).status_code == 200
+    r = client.get("/")
+    assert r.status_code == 200 and b"Every trace is labelled" in r.data and b"3 / 3" in r.data
 
     secured = create_app(LabelStore(tmp_path / "l2.jsonl", ts), token="s3cret").test_client()
     assert secured.get("/trace/0").status_code == 403
