@@ -23,7 +23,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,15 +122,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class _Drawer:
-    """Draws figures into ``<folder>/plots/`` and remembers them inlined."""
+    """Names figures under ``<folder>/plots/`` and inlines the PNGs drawn there."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.dir = folder / PLOTS_DIR
 
-    def __call__(self, name: str, title: str, draw: Callable[[Path], Path]) -> Figure:
-        path = draw(self.dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") + ".png"))
-        return inline(path, title, self.folder)
+    def path(self, name: str) -> Path:
+        return self.dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") + ".png")
+
+    def __call__(self, png: Path, title: str) -> Figure:
+        return inline(png, title, self.folder)
 
 
 def inline(path: Path, title: str, folder: Path) -> Figure:
@@ -179,8 +181,8 @@ def training_curves(folder: Path, draw: _Drawer) -> Section:
             if title in OFF_WHEN_ZERO and all(y == 0 for (_, ys), in arms.values() for y in ys):
                 sec.notes.append(f"{label}{title}: {', '.join(names)} 0 at every logged step (not drawn)")
                 continue
-            sec.figures.append(draw(f"{stage or 'run'}-{title}", f"{label}{title}", lambda p, arms=arms, title=title, ylabel=ylabel:
-                                    plots.curves(p, arms, title=f"{label}{title}", xlabel="optimizer step", ylabel=ylabel)))
+            png = plots.curves(draw.path(f"{stage or 'run'}-{title}"), arms, title=f"{label}{title}", xlabel="optimizer step", ylabel=ylabel)
+            sec.figures.append(draw(png, f"{label}{title}"))
     return sec
 
 
@@ -191,15 +193,15 @@ def expert_load(folder: Path, draw: _Drawer) -> Section:
         path = d / "expert_load.jsonl"
         if not path.is_file():
             continue
-        rows = [r for r in _read_jsonl(path) if r.get("load_LE")]
+        rows = [r for r in _read_jsonl(path) if isinstance(r, dict) and r.get("load_LE")]
         for r in rows[:1] + rows[1:][-1:]:
-            M = r["load_LE"]
-            if not isinstance(M, list) or not all(isinstance(x, list) for x in M):
-                raise ValueError(f"{path}: load_LE must be a list of per-layer lists (step {r.get('step')})")
-            title = f"{stage or 'run'}: expert load at step {r['step']}"
-            sec.figures.append(draw(f"{stage or 'run'}-expert-load-step{r['step']}", title, lambda p, M=M, title=title: plots.heatmap(
-                p, M, title=title, xlabel="routed expert", ylabel="MoE layer", colorbar="fraction of routed token-slots",
-                yticklabels=[str(i) for i in range(len(M))])))
+            M, step = r["load_LE"], r.get("step", "?")
+            if not isinstance(M, list) or not all(isinstance(x, list) and x for x in M) or len({len(x) for x in M}) != 1:
+                raise ValueError(f"{path}: load_LE of step {step} must be a list of equally long per-layer lists")
+            title = f"{stage or 'run'}: expert load at step {step}"
+            png = plots.heatmap(draw.path(f"{stage or 'run'}-expert-load-step{step}"), M, title=title, xlabel="routed expert",
+                                ylabel="MoE layer", colorbar="fraction of routed token-slots", yticklabels=[str(i) for i in range(len(M))])
+            sec.figures.append(draw(png, title))
     return sec
 
 
@@ -243,9 +245,9 @@ def evaluations(folder: Path, draw: _Drawer) -> Section:
         if ks:
             arms[name] = [(ks, [data["metrics"][f"pass@{k}"] for k in ks])]
     if arms and any(len(r[0][0]) > 1 for r in arms.values()):
-        sec.figures.append(draw("pass-at-k", "pass@k against k", lambda p: plots.curves(
-            p, arms, title="pass@k (unbiased estimator) against k", xlabel="k (samples per problem)",
-            ylabel="pass@k (fraction of problems)", logx=True)))
+        png = plots.curves(draw.path("pass-at-k"), arms, title="pass@k (unbiased estimator) against k",
+                           xlabel="k (samples per problem)", ylabel="pass@k (fraction of problems)", logx=True)
+        sec.figures.append(draw(png, "pass@k against k"))
     return sec
 
 
@@ -347,8 +349,8 @@ def experiment_sections(folder: Path, summary: dict[str, Any], draw: _Drawer) ->
             for name in names:
                 data = {arm: [_series(r, name) for r in rs] for arm, rs in arms.items()}
                 full = f"{stage + ': ' if stage else ''}{title} ({name})"
-                curves.figures.append(draw(f"arms-{stage}-{name}", full, lambda p, data=data, full=full, ylabel=ylabel:
-                                           plots.curves(p, data, title=full, xlabel="optimizer step", ylabel=ylabel)))
+                png = plots.curves(draw.path(f"arms-{stage}-{name}"), data, title=full, xlabel="optimizer step", ylabel=ylabel)
+                curves.figures.append(draw(png, full))
     return [sec, pngs, curves]
 
 
