@@ -6,6 +6,8 @@
     r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
     r1lab sample "7+5*2-3" --init runs/rl
     r1lab check-task countdown                  leak check of a task's splits, corpus and RL prompts
+    r1lab report runs/zero-x                    (re)write report.html of a run or experiment folder
+    r1lab label --from runs/zero-x --out labels.jsonl   label reasoning steps in the browser
 
 Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
 checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2
@@ -19,6 +21,7 @@ checkpoint; continue a stopped run with ``--resume``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 
@@ -35,6 +38,8 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "pretrain", "rl", "eval")),
+    "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
+    "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
 }
 COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
 
@@ -82,12 +87,37 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
         questions.append(rest.pop(0))
     # `r1lab check-task TASK`: the task may be given as the first argument.
     task_arg = rest.pop(0) if stage == "check-task" and rest and not rest[0].startswith("--") else None
+    # `r1lab report FOLDER`: the folder is the one the report is written into.
+    if stage == "report" and rest and not rest[0].startswith("--"):
+        if "--out" in rest:
+            raise ConfigError("report takes its folder either as an argument or as --out, not both")
+        rest = ["--out", rest[0], *rest[1:]]
+    if stage == "label":
+        rest = label_flags(rest)
     overrides = config_lib.parse_overrides(rest)
     if task_arg is not None:
         overrides["task"] = task_arg
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
     return stage, config_lib.build(*layers, overrides), debug
+
+
+# `r1lab label` short flags -> their config keys; --agreement takes two files.
+LABEL_FLAGS = {"--from": "--label.source", "--port": "--label.port", "--host": "--label.host", "--token": "--label.token"}
+
+
+def label_flags(rest: list[str]) -> list[str]:
+    out = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--agreement":
+            if len(rest) < 2 or any(a.startswith("--") for a in rest[:2]):
+                raise ConfigError("--agreement needs two label files: --agreement A.jsonl B.jsonl")
+            out += ["--label.agreement", json.dumps(rest[:2])]
+            rest = rest[2:]
+        else:
+            out.append(LABEL_FLAGS.get(arg, arg))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,6 +195,19 @@ class CheckConfig:
     "test-split draws (plus the evaluation's own eval.n_problems problems); finite pools are covered almost entirely"
     corpus_steps: int = 0
     "pretraining steps whose documents are checked; 0: all pretrain.steps, the whole corpus of that run"
+class LabelConfig:
+    source: str = ""
+    "`--from`: a run folder (its eval/*.samples.jsonl) or a JSONL of traces {question, completion or steps[, gold, task, id]}"
+    n_traces: int = 50
+    "traces drawn (seeded by `seed`) from a run folder's evaluation samples"
+    host: str = "127.0.0.1"
+    "`--host`: address to serve on; anything but loopback requires a token"
+    port: int = 8765
+    "`--port`: TCP port of the labelling page (0: any free port)"
+    token: str = ""
+    "`--token`: secret the page must present (?token=...); empty: none on loopback, a random one printed elsewhere"
+    agreement: list[str] = field(default_factory=list)
+    "`--agreement A B`: print Cohen's kappa of two label files (and agreement with exact step checks) instead of serving"
 
 
 @dataclass
@@ -227,6 +240,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -280,6 +294,9 @@ class Config:
             ("save_every", self.save_every >= 1, "must be >= 1"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
             ("max_bad_steps", self.max_bad_steps >= 1, "must be >= 1"),
+            ("label.n_traces", self.label.n_traces >= 1, "must be >= 1"),
+            ("label.port", 0 <= self.label.port <= 65535, "must be in [0, 65535]"),
+            ("label.agreement", len(self.label.agreement) in (0, 2), "needs exactly two label files"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

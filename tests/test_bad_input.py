@@ -142,7 +142,7 @@ def test_dataset_rows_are_split_by_question_and_scored_by_exact_match(tmp_path):
     args = [*overrides(TINY), "--task", f"jsonl:{path}", "--pretrain.steps", "2"]
     assert main(["pretrain", "--out", str(tmp_path / "base"), *args]) == 0
     assert main(["eval", "--init", str(tmp_path / "base"), "--out", str(tmp_path / "eval"), *args]) == 0
-    (result,) = (tmp_path / "eval").iterdir()
+    (result,) = (tmp_path / "eval").glob("*.json")  # beside it: the evaluated samples (.samples.jsonl)
     assert result.name.startswith("jsonl_") and json.loads(result.read_text())["n"] == 4
 
 

@@ -6,6 +6,8 @@ measured on the same problems with the same random stream.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -23,7 +25,10 @@ from r1lab.tokenizer import CharTokenizer
 ROWS_PER_BATCH = 256  # sampled sequences per sampler call: large enough to amortise Python overhead
 
 
-def evaluate_model(model: Transformer, tok: CharTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval") -> EvalResult:
+def evaluate_model(model: Transformer, tok: CharTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval",
+                   samples_out: Path | None = None) -> EvalResult:
+    """Sample, score and summarise; with ``samples_out``, also write every scored sample there
+    (``write_samples``), for the report's side-by-side completions and for ``r1lab label``."""
     examples = task.examples(ecfg.split, ecfg.n_problems, ecfg.seed)
     gen = torch.Generator().manual_seed(ecfg.seed)
     rows = [(i, tok.prompt_ids(ex.question)) for i, ex in enumerate(examples) for _ in range(ecfg.n_samples)]
@@ -43,7 +48,23 @@ def evaluate_model(model: Transformer, tok: CharTokenizer, task: Task, ecfg: Eva
             ps.lengths.append(len(ids))
         bar.update(len(chunk))
     bar.close()
+    if samples_out is not None:
+        write_samples(samples_out, task.name, per_problem)
     return summarize(task.name, ecfg.split, per_problem, ecfg.ks, temperature=ecfg.sample.temperature, top_p=ecfg.sample.top_p, max_new_tokens=ecfg.sample.max_new_tokens, seed=ecfg.seed)
+
+
+def write_samples(path: Path, task_name: str, per_problem: list[ProblemSamples]) -> None:
+    """One JSON line per sample: task, question, gold, sample index, completion, extracted answer,
+    reward, format, correct (full correctness, as pass@k counts it), length. Atomic replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for ps in per_problem:
+            for j, (text, score, answer, length) in enumerate(zip(ps.completions, ps.scores, ps.answers, ps.lengths)):
+                row = {"task": task_name, "question": ps.question, "gold": ps.answer, "sample": j, "completion": text,
+                       "answer": answer, "reward": score.reward, "format": score.format, "correct": ps.solved[j], "length": length}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
 
 
 def save_result(result: EvalResult, path: Path) -> None:
@@ -59,12 +80,13 @@ def main(cfg: Config) -> Path:
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     task = get_task(cfg.task, seed=cfg.seed)
-    result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight))
     out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / "eval"
     # A file name from the task name: jsonl:<path> holds slashes, gym:<name> a colon.
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.name).strip("_")
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
+    result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
+                            samples_out=path.with_suffix(".samples.jsonl"))
     save_result(result, path)
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))
-    print(f"eval: wrote {path}")
+    print(f"eval: wrote {path} and {path.with_suffix('.samples.jsonl').name}")
     return path

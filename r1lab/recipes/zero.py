@@ -8,7 +8,7 @@ Each stage writes into its own sub-folder of the run folder and resumes from it.
     <run>/pretrain/  checkpoints/, metrics.jsonl, tb/
     <run>/rl/        checkpoints/, metrics.jsonl, tb/
     <run>/eval/base.json, eval/rl.json
-    <run>/summary.json
+    <run>/summary.json, report.html (plots/ beside it)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from r1lab.config import Config
 from r1lab.evaluate import EvalResult
 from r1lab.recipes import common, pretrain, rl
 from r1lab.recipes.eval import evaluate_model, save_result
+from r1lab.report import html as report_html
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
 from r1lab.tokenizer import CharTokenizer
@@ -80,7 +81,9 @@ def _evaluate(cfg: Config, ckpt_path: Path, out: Path, desc: str) -> EvalResult:
         print(f"zero: {out} was measured with other settings: {', '.join(changed)}; evaluating again")
     common.seed_everything(cfg.seed, cfg.threads)
     model, _ = common.load_model(ckpt_path)
-    result = evaluate_model(model, CharTokenizer.build(), get_task(cfg.task, seed=cfg.seed), cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight), desc=desc)
+    result = evaluate_model(model, CharTokenizer.build(), get_task(cfg.task, seed=cfg.seed), cfg.eval,
+                            RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight), desc=desc,
+                            samples_out=out.with_suffix(".samples.jsonl"))
     save_result(result, out)
     return result
 
@@ -131,4 +134,5 @@ def main(cfg: Config) -> Path:
     rows = [{"model": name, **res.metrics} for name, res in (("base", base), ("rl", tuned))]
     print(tracking.format_table(rows, title=f"r1lab zero on {cfg.task}: {split_label(cfg.eval.split)}, {cfg.eval.n_problems} problems, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature}"))
     print(f"zero: pass@1 {base.metrics['pass@1']:.3f} -> {tuned.metrics['pass@1']:.3f} in {summary['wall_s']:.0f} s; summary {run_dir / 'summary.json'}")
+    print(f"zero: report {report_html.build(run_dir)}")
     return run_dir

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: files only, the same on a laptop, CI and a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Series = tuple[Sequence[float], Sequence[float]]
 "(x values, y values) of one run"
@@ -47,8 +48,14 @@ def curves(path: str | Path, arms: Mapping[str, Sequence[Series]], *, title: str
         Y = np.array([[dict(zip(x, y))[s] for s in shared] for x, y in runs], dtype=float)  # (seeds, points)
         line, = ax.plot(shared, Y.mean(axis=0), label=f"{name} (mean of {len(runs)})")
         ax.fill_between(shared, Y.min(axis=0), Y.max(axis=0), color=line.get_color(), alpha=0.2, linewidth=0)
+    xs = sorted({v for runs in arms.values() for x, _ in runs for v in x})
     if logx:
         ax.set_xscale("log")
+        if 0 < len(xs) <= 12:  # few x values (k of pass@k): label each plainly, not as 2x10^0
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.minorticks_off()
+    if not logx and xs and all(float(v).is_integer() for v in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no tick at 1.25
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     if len(arms) > 1:

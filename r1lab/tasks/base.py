@@ -84,6 +84,13 @@ class Task(ABC):
         partial = (lambda answer: self.partial(answer, example)) if self.graded else None
         return rewards.score(completion, lambda answer: self.check(answer, example), weights, partial=partial)
 
+    def step_checks(self, example: Example, steps: list[str]) -> list[bool | None] | None:
+        """Exact verdict on each reasoning step (a line of the ``<think>`` text): True right, False
+        wrong, None for a line the check cannot read. None as a whole: the task has no exact step
+        check (the default). Procedural tasks whose solutions are chains of ``a+b=c`` lines have one;
+        ``r1lab label`` shows it on demand and ``--agreement`` compares labels with it."""
+        return None
+
 
 def stable_hash(text: str) -> int:
     """A hash that is the same in every process (``hash()`` is salted per process)."""

@@ -23,6 +23,8 @@ import re
 from r1lab.tasks.base import Example, ProceduralTask
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+STEP_RE = re.compile(r"\A\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*\Z")
+"one worked step, ``12*2=24`` (also read by countdown, which adds ``/``)"
 
 
 class ChainTask(ProceduralTask):
@@ -56,3 +58,26 @@ class ChainTask(ProceduralTask):
         if not re.fullmatch(r"-?\d+", gold):  # a reference that is not an integer passes nothing
             return 0.0
         return 1.0 if answer.strip() == gold else 0.0
+        return 1.0 if answer.strip() == example.answer else 0.0
+
+    def step_checks(self, example: Example, steps: list[str]) -> list[bool | None] | None:
+        """The k-th ``a op b = c`` line is right iff it is the chain's k-th operation applied to the
+        right running value, with the right result; other lines are not judged (None)."""
+        first = re.match(r"\d+", example.question)
+        if first is None:
+            return [None] * len(steps)
+        ops = re.findall(r"([-+*])(\d+)", example.question[first.end():])
+        values = [int(first.group())]
+        for op, b in ops:
+            values.append(_OPS[op](values[-1], int(b)))
+        out: list[bool | None] = []
+        k = 0
+        for line in steps:
+            m = STEP_RE.match(line)
+            if m is None:
+                out.append(None)
+                continue
+            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            out.append(k < len(ops) and (a, op, str(b)) == (values[k], *ops[k]) and c == values[k + 1])
+            k += 1
+        return out

@@ -34,6 +34,7 @@ from collections import Counter
 from fractions import Fraction
 
 from r1lab.tasks.base import Example, ProceduralTask
+from r1lab.tasks.chain import STEP_RE
 
 # Longer answers cannot be a sensible expression over four small numbers; refusing them before
 # parsing bounds the parser's work whatever the model writes.
@@ -153,3 +154,30 @@ class CountdownTask(ProceduralTask):
         except ValueError:
             return 0.0
         return 1.0 if Counter(literals) == Counter(numbers) and value == target else 0.0
+
+    def step_checks(self, example: Example, steps: list[str]) -> list[bool | None] | None:
+        """An ``a op b = c`` line is right iff a and b are still on the table (the given numbers
+        and earlier right results, each used once) and c is exactly a op b; a right step puts c on
+        the table in place of a and b. Other lines are not judged (None)."""
+        try:
+            numbers, _ = parse_question(example.question)
+        except ValueError:
+            return [None] * len(steps)
+        table = Counter(numbers)
+        out: list[bool | None] = []
+        for line in steps:
+            m = STEP_RE.match(line)
+            if m is None:
+                out.append(None)
+                continue
+            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            available = table[a] >= 1 and table[b] >= 1 and (a != b or table[a] >= 2)
+            try:
+                exact = _apply(op, Fraction(a), Fraction(b)) == c
+            except ZeroDivisionError:
+                exact = False
+            out.append(available and exact)
+            if available and exact:
+                table -= Counter([a, b])
+                table[c] += 1
+        return out
