@@ -195,6 +195,9 @@ class CheckConfig:
     "test-split draws (plus the evaluation's own eval.n_problems problems); finite pools are covered almost entirely"
     corpus_steps: int = 0
     "pretraining steps whose documents are checked; 0: all pretrain.steps, the whole corpus of that run"
+
+
+@dataclass
 class LabelConfig:
     source: str = ""
     "`--from`: a run folder (its eval/*.samples.jsonl) or a JSONL of traces {question, completion or steps[, gold, task, id]}"
