@@ -37,7 +37,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
-    "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "pretrain", "rl", "eval")),
+    "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
     "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
 }

@@ -156,8 +156,9 @@ class ProblemSamples:
 
     @property
     def solved(self) -> list[bool]:
-        """Which samples count as correct: full correctness only (partial credit is not a pass)."""
-        return [s.correct >= 1.0 for s in self.scores]
+        """Which samples count as correct: exact correctness (``Score.correct`` is 0 or 1; a
+        task's graded ``Score.partial`` credit never counts)."""
+        return [s.correct == 1.0 for s in self.scores]
 
 
 @dataclass
@@ -174,7 +175,8 @@ class ProblemRecord:
 @dataclass
 class EvalResult:
     """One evaluation of one task split. ``metrics`` keys: ``pass@k`` and ``maj@k`` for each k,
-    ``mean_len`` (tokens), ``format_rate``, ``correct_rate`` (means over all samples) and
+    ``mean_len`` (tokens), ``format_rate``, ``correct_rate`` (means over all samples; exact
+    correctness, never partial credit) and
     ``distinct_answers`` (mean over problems of distinct non-None answers / n)."""
 
     task: str
@@ -228,7 +230,7 @@ def summarize(
         metrics[f"maj@{k}"] = _mean([maj_at_k(p.answers, p.solved, k, seed=seed) for p in per_problem])
     metrics["mean_len"] = _mean([length for p in per_problem for length in p.lengths])
     metrics["format_rate"] = _mean([s.format for p in per_problem for s in p.scores])
-    metrics["correct_rate"] = _mean([s.correct for p in per_problem for s in p.scores])
+    metrics["correct_rate"] = _mean([float(ok) for p in per_problem for ok in p.solved])
     metrics["distinct_answers"] = _mean(
         [len({a for a in p.answers if a is not None}) / n for p in per_problem]
     )

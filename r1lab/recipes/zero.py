@@ -33,6 +33,7 @@ SUMMARY_KEYS = ("pass@1", "pass@8", "mean_len")
 # Keys that may change on --resume: they change where and how a run is logged or how fast it runs,
 # never what it computes.
 RESUME_FREE_KEYS = frozenset({"resume", "out", "threads", "tensorboard", "log_every", "save_every", "keep_checkpoints", "max_bad_steps"})
+RESUME_FREE_SECTIONS = ("check", "generate")  # sections zero never reads
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
@@ -51,7 +52,8 @@ def config_changes(saved: dict, cfg: Config) -> list[str]:
     key existed) is compared with its default."""
     before = {**_flatten(config_lib.to_dict(Config())), **_flatten(saved)}
     now = _flatten(config_lib.to_dict(cfg))
-    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in now.items() if k not in RESUME_FREE_KEYS and before.get(k) != v]
+    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in now.items()
+            if k not in RESUME_FREE_KEYS and k.split(".")[0] not in RESUME_FREE_SECTIONS and before.get(k) != v]
 
 
 def eval_mismatch(result: EvalResult, cfg: Config) -> list[str]:
