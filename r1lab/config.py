@@ -57,6 +57,12 @@ class ModelConfig:
     "RoPE base frequency"
     init_std: float = 0.02
     "std of the normal init of weights and (tied) embeddings; PyTorch's default 1.0 stalls tiny models"
+    qkv_bias: bool = False
+    "biases on the query/key/value projections (Qwen2 has them; LLaMA and DeepSeek do not)"
+    tie_embeddings: bool = True
+    "share the input embedding with the output head (tiny models); False gives a separate lm_head as most LLaMA checkpoints have"
+    norm_eps: float = 1e-6
+    "epsilon of every RMSNorm (LLaMA-2 uses 1e-5, Qwen2 and DeepSeek 1e-6)"
 
 
 @dataclass

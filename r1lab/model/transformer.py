@@ -69,9 +69,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x_BTD, cos, sin, mask_B1TS, cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -95,7 +95,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attn_norm, self.ffn_norm = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.attn_norm, self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps), RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         if cfg.ffn == "moe":
             self.ffn = MoE(cfg.d_model, cfg.n_routed_experts, cfg.n_shared_experts, cfg.top_k, cfg.d_expert, cfg.aux_loss_coef)
@@ -124,7 +124,9 @@ class Transformer(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        # Imported checkpoints (most LLaMA sizes) have their own output matrix; tiny ones share it.
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         cos, sin = rope_tables(cfg.d_model // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -134,6 +136,8 @@ class Transformer(nn.Module):
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:
+                if name.endswith(".bias"):
+                    nn.init.zeros_(p)  # q/k/v biases (Qwen2) start at zero
                 continue  # norms stay at one
             # GPT-2: residual output projections get std / sqrt(2 L) so the stream starts near unit scale.
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight", "w2_EHD")) else 1.0
@@ -181,7 +185,8 @@ class Transformer(nn.Module):
                 loads.append(stats.load_E)
         if cache is not None:
             cache.length += T
-        logits = F.linear(self.norm(x), self.embed.weight)  # tied output head, (B, T, V)
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight  # tied unless cfg.tie_embeddings is False
+        logits = F.linear(self.norm(x), head)  # (B, T, V)
         return ModelOutput(logits, aux, torch.stack(loads) if loads else None)
 
 
