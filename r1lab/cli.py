@@ -33,7 +33,11 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
+    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ()),
+    "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
 }
+# Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.
+POSITIONAL: dict[str, tuple[str, ...]] = {"export": ("init", "out"), "import": ("init", "out")}
 COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
 
 
@@ -78,7 +82,13 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
     questions = []
     while rest and not rest[0].startswith("--") and stage == "sample":
         questions.append(rest.pop(0))
+    positional = []
+    while rest and not rest[0].startswith("--") and stage in POSITIONAL:
+        positional.append(rest.pop(0))
+    if len(positional) > len(POSITIONAL.get(stage, ())):
+        raise ConfigError(f"r1lab {stage} takes at most {len(POSITIONAL[stage])} arguments ({' '.join(k.upper() for k in POSITIONAL[stage])}), got {len(positional)}")
     overrides = config_lib.parse_overrides(rest)
+    overrides.update(zip(POSITIONAL.get(stage, ()), positional))
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
     return stage, config_lib.build(*layers, overrides), debug

@@ -68,7 +68,7 @@ class ModelConfig:
 @dataclass
 class SampleConfig:
     temperature: float = 1.0
-    "softmax temperature of sampling (R1 uses 1.0 for RL rollouts)"
+    "softmax temperature of sampling (R1 uses 1.0 for RL rollouts); 0 is greedy decoding (eval and sample only)"
     top_p: float = 1.0
     "nucleus sampling mass; 1.0 keeps the full distribution"
     max_new_tokens: int = 64
@@ -227,7 +227,8 @@ class Config:
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks
         for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample)):
             checks += [
-                (f"{prefix}.temperature", s.temperature > 0, "must be positive (use a small value for near-greedy)"),
+                (f"{prefix}.temperature", s.temperature > 0 or (s.temperature == 0 and prefix != "rl.sample"),
+                 "must be positive (RL rollouts) or >= 0 (0: greedy, eval and sample)"),
                 (f"{prefix}.top_p", 0 < s.top_p <= 1, "must be in (0, 1]"),
                 (f"{prefix}.max_new_tokens", s.max_new_tokens >= 1, "must be >= 1"),
             ]

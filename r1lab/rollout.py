@@ -52,6 +52,10 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.temperature == 0:  # greedy (as transformers' generate without sampling); log-prob at temperature 1
+        logp_NV = F.log_softmax(logits_NV.float(), dim=-1)
+        token_N = logp_NV.argmax(dim=-1)
+        return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1)
     logp_NV = F.log_softmax(logits_NV.float() / cfg.temperature, dim=-1)
     probs = logp_NV.exp()
     if cfg.top_p < 1.0:

@@ -18,12 +18,12 @@ from r1lab.model.transformer import Transformer
 from r1lab.recipes import common
 from r1lab.rewards import RewardWeights, extract_answer
 from r1lab.tasks import Task, get_task
-from r1lab.tokenizer import CharTokenizer
+from r1lab.tokenizer import BaseTokenizer
 
 ROWS_PER_BATCH = 256  # sampled sequences per sampler call: large enough to amortise Python overhead
 
 
-def evaluate_model(model: Transformer, tok: CharTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval") -> EvalResult:
+def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval") -> EvalResult:
     examples = task.examples(ecfg.split, ecfg.n_problems, ecfg.seed)
     gen = torch.Generator().manual_seed(ecfg.seed)
     rows = [(i, tok.prompt_ids(ex.question)) for i, ex in enumerate(examples) for _ in range(ecfg.n_samples)]
@@ -59,8 +59,9 @@ def main(cfg: Config) -> Path:
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     task = get_task(cfg.task)
-    result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight))
-    out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / "eval"
+    result = evaluate_model(model, common.load_tokenizer(cfg.init), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight))
+    default = Path("runs") / "eval" if cfg.init.startswith(common.HF_PREFIX) else ckpt.path.parent.parent / "eval"
+    out = Path(cfg.out) if cfg.out else default
     # A file name from the task name: jsonl:<path> holds slashes, gym:<name> a colon.
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.name).strip("_")
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"

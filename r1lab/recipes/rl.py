@@ -21,14 +21,13 @@ from r1lab.recipes import common
 from r1lab.recipes.eval import evaluate_model
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
-from r1lab.tokenizer import CharTokenizer
 
 
 def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     """Train from the checkpoint at ``init``; checkpoints go to ``run_dir``; returns the last one."""
     r = cfg.rl
     common.seed_everything(cfg.seed, cfg.threads)
-    tok = CharTokenizer.build()
+    tok = common.load_tokenizer(init)
     task = get_task(cfg.task)
     weights = RewardWeights(format=r.format_weight, correct=r.correct_weight)
     policy, init_ckpt = common.load_model(init)

@@ -24,7 +24,6 @@ from r1lab.recipes import common, pretrain, rl
 from r1lab.recipes.eval import evaluate_model, save_result
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
-from r1lab.tokenizer import CharTokenizer
 
 SUMMARY_KEYS = ("pass@1", "pass@8", "mean_len")
 
@@ -35,7 +34,7 @@ def _evaluate(cfg: Config, ckpt_path: Path, out: Path, desc: str) -> EvalResult:
         return EvalResult.from_json(out.read_text(encoding="utf-8"))
     common.seed_everything(cfg.seed, cfg.threads)
     model, _ = common.load_model(ckpt_path)
-    result = evaluate_model(model, CharTokenizer.build(), get_task(cfg.task), cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight), desc=desc)
+    result = evaluate_model(model, common.load_tokenizer(ckpt_path), get_task(cfg.task), cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight), desc=desc)
     save_result(result, out)
     return result
 
