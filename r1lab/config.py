@@ -129,6 +129,8 @@ class RLConfig:
     "held-out problems in each periodic evaluation (2 samples each)"
     sample: SampleConfig = field(default_factory=SampleConfig)
     "rollout sampling"
+    logprob_chunk: int = 0
+    "trainer log-probs this many tokens at a time (memory O(chunk x vocab), for 32k-152k vocabularies); 0 builds the full (tokens, vocab) logits"
 
 
 @dataclass
@@ -212,6 +214,7 @@ class Config:
             ("rl.updates_per_batch", r.updates_per_batch >= 1, "must be >= 1"),
             ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
             ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
+            ("rl.logprob_chunk", r.logprob_chunk >= 0, "must be >= 0 (0: no chunking)"),
             ("generate.n", self.generate.n >= 1, "must be >= 1"),
             ("eval.n_samples", e.n_samples >= 1, "must be >= 1"),
             ("eval.n_problems", e.n_problems >= 1, "must be >= 1"),

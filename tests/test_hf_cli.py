@@ -62,7 +62,7 @@ def test_rl_from_hf_qwen2_runs_grpo_and_its_checkpoint_exports(qwen, tmp_path):
     run = tmp_path / "rl"
     argv = ["rl", "--init", f"hf:{qwen}", "--task", "countdown", "--out", str(run), "--rl.steps", "2", "--rl.prompts_per_step", "2",
             "--rl.group_size", "2", "--rl.eval_every", "0", "--rl.sample.max_new_tokens", "16", "--rl.lr", "1e-2",
-            "--rl.weight_decay", "0.1", "--threads", "1", "--tensorboard", "false"]
+            "--rl.weight_decay", "0.1", "--rl.logprob_chunk", "8", "--threads", "1", "--tensorboard", "false"]
     assert cli.main(argv) == 0
     assert json.loads((run / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
     assert cli.main(["export", str(run), str(tmp_path / "out")]) == 0

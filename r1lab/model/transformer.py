@@ -113,9 +113,10 @@ class Block(nn.Module):
 
 @dataclass
 class ModelOutput:
-    logits_BTV: torch.Tensor
+    logits_BTV: torch.Tensor | None  # None when forward(..., logits=False)
     aux_loss: torch.Tensor  # sum of the MoE balance losses (0 for a dense model)
     load_LE: torch.Tensor | None  # (layers, experts) token-slots per expert, None for dense
+    hidden_BTD: torch.Tensor | None = None  # final normed hidden states, only with logits=False
 
 
 class Transformer(nn.Module):
@@ -148,13 +149,19 @@ class Transformer(nn.Module):
         p = self.embed.weight
         return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len, cfg.d_model // cfg.n_heads, p.dtype, p.device)
 
-    def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
+    def head_weight(self) -> torch.Tensor:
+        """The (V, D) output matrix: the embedding unless cfg.tie_embeddings is False."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None, cache: KVCache | None = None, logits: bool = True) -> ModelOutput:
         """Logits for ``ids_BT``.
 
         Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
         With it (B, S): S = cached length + T, True where a key is a real token; positions must
         then be given too. Every query may always attend to itself, so a padding query (which
-        would otherwise see no key at all) yields finite values instead of NaN."""
+        would otherwise see no key at all) yields finite values instead of NaN. ``logits=False``
+        returns the normed hidden states instead of logits, for losses that apply the output
+        matrix a slice at a time (``r1lab.logprobs``) so that (B, T, V) never exists."""
         B, T = ids_BT.shape
         past = cache.length if cache is not None else 0
         if positions_BT is None:
@@ -185,9 +192,10 @@ class Transformer(nn.Module):
                 loads.append(stats.load_E)
         if cache is not None:
             cache.length += T
-        head = self.embed.weight if self.lm_head is None else self.lm_head.weight  # tied unless cfg.tie_embeddings is False
-        logits = F.linear(self.norm(x), head)  # (B, T, V)
-        return ModelOutput(logits, aux, torch.stack(loads) if loads else None)
+        load_LE = torch.stack(loads) if loads else None
+        if not logits:
+            return ModelOutput(None, aux, load_LE, hidden_BTD=self.norm(x))
+        return ModelOutput(F.linear(self.norm(x), self.head_weight()), aux, load_LE)  # (B, T, V)
 
 
 def count_parameters(model: Transformer) -> tuple[int, int]:

@@ -72,12 +72,12 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             ref_logp = None
             if ref is not None:
                 with torch.no_grad():
-                    ref_logp, _ = rollout.policy_logprobs(ref, ro.tokens, ro.attention_mask, r.sample.temperature)
+                    ref_logp, _ = rollout.policy_logprobs(ref, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
 
             # 4. Clipped policy-gradient update(s) on this batch.
             t1 = time.perf_counter()
             for update in range(r.updates_per_batch):
-                logp, aux = rollout.policy_logprobs(policy, ro.tokens, ro.attention_mask, r.sample.temperature)
+                logp, aux = rollout.policy_logprobs(policy, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
                 if update == 0:  # sampler and trainer ran the same weights: their log-probs must agree
                     mismatch = (logp.detach() - ro.logprobs)[ro.completion_mask].abs()
                 out = rl.policy_loss(logp, ro.logprobs, adv_N, ro.completion_mask, r.clip_eps, ref_logp, r.kl_coef)
