@@ -160,6 +160,16 @@ class GenerateConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = 0
+    "rank r of the low-rank adapters (LoRA, arXiv:2106.09685); 0 trains every weight instead"
+    alpha: float = 16.0
+    "adapter scale numerator: the update is (alpha / rank) B A"
+    targets: list[str] = field(default_factory=lambda: ["wq", "wv"])
+    "linear layers that get adapters (wq wk wv wo: attention, w1 w2 w3: dense FFN); the paper's choice is wq and wv"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -188,6 +198,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -215,6 +226,9 @@ class Config:
             ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
             ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
             ("rl.logprob_chunk", r.logprob_chunk >= 0, "must be >= 0 (0: no chunking)"),
+            ("lora.rank", self.lora.rank >= 0, "must be >= 0 (0: no LoRA)"),
+            ("lora.targets", self.lora.rank == 0 or (bool(self.lora.targets) and set(self.lora.targets) <= {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}),
+             "must be a non-empty list of wq, wk, wv, wo, w1, w2, w3"),
             ("generate.n", self.generate.n >= 1, "must be >= 1"),
             ("eval.n_samples", e.n_samples >= 1, "must be >= 1"),
             ("eval.n_problems", e.n_problems >= 1, "must be >= 1"),

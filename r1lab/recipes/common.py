@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r1lab import checkpoint, tracking
+from r1lab import checkpoint, lora, tracking
 from r1lab import config as config_lib
 from r1lab import tokenizer as tokenizer_lib
 from r1lab.config import Config, ModelConfig
@@ -158,7 +158,9 @@ def new_model(model_cfg: ModelConfig, vocab_size: int) -> Transformer:
 
 def model_state(model: Transformer) -> dict:
     """What a checkpoint must hold to rebuild the model without the run's config."""
-    return {"model_config": dataclasses.asdict(model.cfg), "vocab_size": model.vocab_size}
+    state = {"model_config": dataclasses.asdict(model.cfg), "vocab_size": model.vocab_size}
+    adapters = lora.settings(model)
+    return {**state, "lora": adapters} if adapters else state  # LoRA runs save base + adapters
 
 
 def resolve_checkpoint(path: str | Path) -> checkpoint.Checkpoint:
@@ -224,8 +226,11 @@ def load_model(path: str | Path) -> tuple[Transformer, checkpoint.Checkpoint]:
         raise StageError(f"{state_file}: field model_config.{unknown[0]} is unknown to this r1lab (saved by a newer version?)")
     check_vocab(tok, vocab_size, f"checkpoint {ckpt.path}")
     model = Transformer(ModelConfig(**saved), vocab_size)
+    adapters = ckpt.state.get("lora")
+    if adapters:  # a LoRA run: rebuild its adapters, load, then fold them into the weights
+        lora.apply(model, int(adapters["rank"]), float(adapters["alpha"]), list(adapters["targets"]))
     checkpoint.apply(model, ckpt)
-    return model, ckpt
+    return (lora.merge(model) if adapters else model), ckpt
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import checkpoint, rl, rollout, tracking
+from r1lab import checkpoint, lora, rl, rollout, tracking
 from r1lab.config import Config, EvalConfig
 from r1lab.recipes import common
 from r1lab.recipes.eval import evaluate_model
@@ -31,8 +31,10 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     task = get_task(cfg.task)
     weights = RewardWeights(format=r.format_weight, correct=r.correct_weight)
     policy, init_ckpt = common.load_model(init)
+    if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
+        lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
     # The reference policy is the starting point, frozen; only kept when the KL term uses it.
-    ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 else None
+    ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
     opt = common.make_optimizer(policy, r.lr, r.weight_decay)
     data_rng = random.Random(cfg.seed)
     sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -70,9 +72,9 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             rewards_N = torch.tensor([s.reward for s in scores])  # (B*G,)
             adv_N = rl.group_advantages(rewards_N, r.group_size, scale=r.scale_rewards)  # (B*G,)
             ref_logp = None
-            if ref is not None:
-                with torch.no_grad():
-                    ref_logp, _ = rollout.policy_logprobs(ref, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
+            if r.kl_coef > 0:
+                with torch.no_grad(), lora.disabled(policy):
+                    ref_logp, _ = rollout.policy_logprobs(ref if ref is not None else policy, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
 
             # 4. Clipped policy-gradient update(s) on this batch.
             t1 = time.perf_counter()
