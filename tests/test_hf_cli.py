@@ -77,6 +77,14 @@ def test_rl_from_hf_qwen2_runs_grpo_and_its_checkpoint_exports(qwen, tmp_path):
         assert (theirs(ids).logits - model(ids).logits_BTV).abs().max() < 1e-4
 
 
+def test_eval_from_hf_folder(qwen, tmp_path):
+    argv = ["eval", "--init", f"hf:{qwen}", "--task", "countdown", "--out", str(tmp_path / "eval"), "--eval.n_problems", "2",
+            "--eval.n_samples", "2", "--eval.ks", "[1, 2]", "--eval.sample.max_new_tokens", "8", "--threads", "1"]
+    assert cli.main(argv) == 0
+    (result,) = (tmp_path / "eval").glob("*.json")
+    assert json.loads(result.read_text())["n"] == 2
+
+
 def _one_line_exit_2(argv, capsys, needle):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
