@@ -207,14 +207,14 @@ def check_vocab(tok: BaseTokenizer, vocab_size: int, where: object) -> None:
 def load_model(path: str | Path) -> tuple[Transformer, checkpoint.Checkpoint]:
     """The model of a run or checkpoint folder, or of a Hugging Face folder given as ``hf:PATH``,
     checked against its tokenizer (``load_tokenizer``)."""
-    tok = load_tokenizer(path)
     if str(path).startswith(HF_PREFIX):
         folder = str(path)[len(HF_PREFIX):]
-        model, _, _ = hf.load(folder)
+        model, tok, _ = hf.load(folder)  # checks config.json first, then the tokenizer against it
         check_vocab(tok, model.vocab_size, Path(folder) / hf.CONFIG_FILE)
         # A step-0 pseudo-checkpoint naming the folder: the stages print and resume from ckpt.path.
         return model, checkpoint.Checkpoint(path=Path(folder), step=0, model_state={}, optimizer_state=None, state=model_state(model))
     ckpt = resolve_checkpoint(path)
+    tok = load_tokenizer(path)
     state_file = ckpt.path / checkpoint.STATE_FILE
     try:
         saved = dict(ckpt.state["model_config"])
