@@ -176,7 +176,7 @@ class Config:
     out: str = ""
     "run folder; empty means runs/<stage>-<time>"
     init: str = ""
-    "run or checkpoint folder to start from (rl, eval, sample); empty for a fresh model"
+    "run or checkpoint folder to start from (rl, eval, sample, export), or hf:PATH for a local Hugging Face folder (Llama, Qwen2); empty for a fresh model"
     seed: int = 0
     "seed of every RNG"
     threads: int = 2
