@@ -187,7 +187,9 @@ def load_tokenizer(init: str | Path) -> BaseTokenizer:
     if not init:
         return CharTokenizer.build()
     if init.startswith(HF_PREFIX):
-        return tokenizer_lib.load(init[len(HF_PREFIX):])
+        folder = Path(init[len(HF_PREFIX):])
+        hf.read_config(folder)  # a wrong folder is reported by its config.json, not its tokenizer
+        return tokenizer_lib.load(folder)
     path = Path(init)
     run = path.parent.parent if path.parent.name == checkpoint.checkpoints_dir(Path()).name else path
     for folder in (path, run, run.parent if run.name in ("pretrain", "rl") else run):
