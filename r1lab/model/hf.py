@@ -261,19 +261,36 @@ def load(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transf
         if name == "lm_head.weight" and cfg.tie_embeddings and torch.equal(hf[name], hf["model.embed_tokens.weight"]):
             continue  # a tied head saved anyway
         raise HFFormatError(f"{source}: unexpected tensor {name} for {family.model_type} with the settings of {CONFIG_FILE}")
+    # Built on the meta device, so that no weight is allocated and randomly initialised only to
+    # be overwritten (most of the load time at real sizes); the loaded tensors are assigned in.
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in Transformer(cfg, vocab).state_dict().items()}
+        model = Transformer(cfg, vocab)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
     state = {}
     for ours, theirs in names.items():
-        t = hf[theirs]
+        t = hf.pop(theirs)
         if t.shape != shapes[ours]:
             raise HFFormatError(f"{source}: tensor {theirs} has shape {tuple(t.shape)}, {CONFIG_FILE} implies {tuple(shapes[ours])}")
         if not t.is_floating_point():
             raise HFFormatError(f"{source}: tensor {theirs} has dtype {t.dtype} (quantised weights are not supported)")
         state[ours] = t.to(dtype)
-    model = Transformer(cfg, vocab).to(dtype)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    _fill_meta_buffers(model, cfg)
     return model, tok, family
+
+
+def _fill_meta_buffers(model: Transformer, cfg: ModelConfig) -> None:
+    """Compute the non-persistent buffers (RoPE tables) that a meta-device build left empty, by
+    building a one-layer, one-token model on the CPU: they depend on the config only, and every
+    layer's are those of layer 0."""
+    donor = dict(Transformer(dataclasses.replace(cfg, n_layers=1), 1).named_buffers())
+    for name, buf in list(model.named_buffers()):
+        if not buf.is_meta:
+            continue
+        parts = name.split(".")
+        key = ".".join(["layers", "0", *parts[2:]]) if parts[0] == "layers" else name
+        module = model.get_submodule(".".join(parts[:-1]))
+        module.register_buffer(parts[-1], donor[key].to(buf.dtype), persistent=False)
 
 
 # ---------------------------------------------------------------------------------------------
