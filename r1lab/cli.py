@@ -33,7 +33,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
-    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ()),
+    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ("export",)),
     "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
 }
 # Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.

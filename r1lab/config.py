@@ -160,6 +160,12 @@ class GenerateConfig:
 
 
 @dataclass
+class ExportConfig:
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    "dtype of the exported weights (r1lab trains in float32; bfloat16 halves the folder and is exact for weights imported from bfloat16)"
+
+
+@dataclass
 class LoRAConfig:
     rank: int = 0
     "rank r of the low-rank adapters (LoRA, arXiv:2106.09685); 0 trains every weight instead"
@@ -199,6 +205,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""

@@ -37,8 +37,20 @@ def test_import_then_export_round_trips_bit_for_bit(qwen, tmp_path, capsys):
     assert "Qwen2ForCausalLM" in capsys.readouterr().out
 
 
-def test_greedy_sample_equals_transformers_generate_token_for_token(qwen, tmp_path):
-    assert cli.main(["import", str(qwen), str(tmp_path / "run")]) == 0
+def test_bf16_folder_round_trips_bit_for_bit_when_exported_in_bf16(tmp_path):
+    src = hf_folder(tmp_path / "bf16", "llama", tie=True, dtype=torch.bfloat16)
+    assert cli.main(["import", str(src), str(tmp_path / "run")]) == 0
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--export.dtype", "bfloat16"]) == 0
+    a = safetensors.torch.load_file(str(src / "model.safetensors"))
+    b = safetensors.torch.load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(b[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_greedy_sample_equals_transformers_generate_token_for_token(qwen, tmp_path, model_type):
+    src = qwen if model_type == "qwen2" else hf_folder(tmp_path / "llama", "llama", tie=True, kv_heads=1)
+    assert cli.main(["import", str(src), str(tmp_path / "run")]) == 0
     assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     out = tmp_path / "out"
     theirs, hf_tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from r1lab.config import Config
 from r1lab.model import hf
 from r1lab.recipes import common
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def main(cfg: Config) -> Path:
@@ -20,6 +24,6 @@ def main(cfg: Config) -> Path:
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     tok = common.load_tokenizer(cfg.init)
-    family = hf.export(model, tok, cfg.out)
-    print(f"export: {ckpt.path} (step {ckpt.step}) -> {cfg.out} as {family.architecture}, vocabulary {model.vocab_size}, tokenizer {type(tok).__name__}")
+    family = hf.export(model, tok, cfg.out, dtype=DTYPES[cfg.export.dtype])
+    print(f"export: {ckpt.path} (step {ckpt.step}) -> {cfg.out} as {family.architecture} in {cfg.export.dtype}, vocabulary {model.vocab_size}, tokenizer {type(tok).__name__}")
     return Path(cfg.out)
