@@ -8,7 +8,8 @@ and rollout log-probs equal trainer log-probs up to float error (tested).
 
 Departures: tied input/output embeddings and a 0.02-std init (PyTorch's std-1 embedding init
 with tied weights starts tiny models near loss 84 and stalls them; see DESIGN.md). MLA and MTP
-are not here yet.
+are not here yet. Imported checkpoints may untie the head (``tie_embeddings``) and add Qwen2's
+q/k/v biases (``qkv_bias``); the defaults leave the model as above.
 """
 
 from __future__ import annotations
