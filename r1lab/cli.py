@@ -34,13 +34,17 @@ from r1lab.recipes.common import RunStopped, StageError
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval")),
     "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain")),
-    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval")),
+    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
     "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
+    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ("export",)),
+    "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
 }
+# Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.
+POSITIONAL: dict[str, tuple[str, ...]] = {"export": ("init", "out"), "import": ("init", "out")}
 COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
 
 
@@ -94,7 +98,13 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
         rest = ["--out", rest[0], *rest[1:]]
     if stage == "label":
         rest = label_flags(rest)
+    positional = []
+    while rest and not rest[0].startswith("--") and stage in POSITIONAL:
+        positional.append(rest.pop(0))
+    if len(positional) > len(POSITIONAL.get(stage, ())):
+        raise ConfigError(f"r1lab {stage} takes at most {len(POSITIONAL[stage])} arguments ({' '.join(k.upper() for k in POSITIONAL[stage])}), got {len(positional)}")
     overrides = config_lib.parse_overrides(rest)
+    overrides.update(zip(POSITIONAL.get(stage, ()), positional))
     if task_arg is not None:
         overrides["task"] = task_arg
     if questions:

@@ -91,12 +91,18 @@ class ModelConfig:
     "multi-token prediction modules (DeepSeek-V3 sec. 2.2: 1); each predicts one token further ahead"
     mtp_loss_weight: float = 0.3
     "lambda, weight of the mean MTP loss (DeepSeek-V3: 0.3, later 0.1)"
+    qkv_bias: bool = False
+    "biases on the query/key/value projections (Qwen2 has them; LLaMA and DeepSeek do not)"
+    tie_embeddings: bool = True
+    "share the input embedding with the output head (tiny models); False gives a separate lm_head as most LLaMA checkpoints have"
+    norm_eps: float = 1e-6
+    "epsilon of every RMSNorm (LLaMA-2 uses 1e-5, Qwen2 and DeepSeek 1e-6)"
 
 
 @dataclass
 class SampleConfig:
     temperature: float = 1.0
-    "softmax temperature of sampling (R1 uses 1.0 for RL rollouts)"
+    "softmax temperature of sampling (R1 uses 1.0 for RL rollouts); 0 is greedy decoding (eval and sample only)"
     top_p: float = 1.0
     "nucleus sampling mass; 1.0 keeps the full distribution"
     max_new_tokens: int = 64
@@ -159,6 +165,8 @@ class RLConfig:
     "held-out problems in each periodic evaluation (2 samples each)"
     sample: SampleConfig = field(default_factory=SampleConfig)
     "rollout sampling"
+    logprob_chunk: int = 0
+    "trainer log-probs this many tokens at a time (memory O(chunk x vocab), for 32k-152k vocabularies); 0 builds the full (tokens, vocab) logits"
 
 
 @dataclass
@@ -211,6 +219,19 @@ class LabelConfig:
     "`--token`: secret the page must present (?token=...); empty: none on loopback, a random one printed elsewhere"
     agreement: list[str] = field(default_factory=list)
     "`--agreement A B`: print Cohen's kappa of two label files (and agreement with exact step checks) instead of serving"
+class ExportConfig:
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    "dtype of the exported weights (r1lab trains in float32; bfloat16 halves the folder and is exact for weights imported from bfloat16)"
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0
+    "rank r of the low-rank adapters (LoRA, arXiv:2106.09685); 0 trains every weight instead"
+    alpha: float = 16.0
+    "adapter scale numerator: the update is (alpha / rank) B A"
+    targets: list[str] = field(default_factory=lambda: ["wq", "wv"])
+    "linear layers that get adapters (wq wk wv wo: attention, w1 w2 w3: dense FFN); the paper's choice is wq and wv"
 
 
 @dataclass
@@ -220,7 +241,7 @@ class Config:
     out: str = ""
     "run folder; empty means runs/<stage>-<time>"
     init: str = ""
-    "run or checkpoint folder to start from (rl, eval, sample); empty for a fresh model"
+    "run or checkpoint folder to start from (rl, eval, sample, export), or hf:PATH for a local Hugging Face folder (Llama, Qwen2); empty for a fresh model"
     seed: int = 0
     "seed of every RNG"
     threads: int = 2
@@ -244,6 +265,8 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -284,6 +307,10 @@ class Config:
             ("rl.updates_per_batch", r.updates_per_batch >= 1, "must be >= 1"),
             ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
             ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
+            ("rl.logprob_chunk", r.logprob_chunk >= 0, "must be >= 0 (0: no chunking)"),
+            ("lora.rank", self.lora.rank >= 0, "must be >= 0 (0: no LoRA)"),
+            ("lora.targets", self.lora.rank == 0 or (bool(self.lora.targets) and set(self.lora.targets) <= {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}),
+             "must be a non-empty list of wq, wk, wv, wo, w1, w2, w3"),
             ("generate.n", self.generate.n >= 1, "must be >= 1"),
             ("check.train_samples", self.check.train_samples >= 1, "must be >= 1"),
             ("check.test_samples", self.check.test_samples >= 1, "must be >= 1"),
@@ -305,7 +332,8 @@ class Config:
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks
         for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample)):
             checks += [
-                (f"{prefix}.temperature", s.temperature > 0, "must be positive (use a small value for near-greedy)"),
+                (f"{prefix}.temperature", s.temperature > 0 or (s.temperature == 0 and prefix != "rl.sample"),
+                 "must be positive (RL rollouts) or >= 0 (0: greedy, eval and sample)"),
                 (f"{prefix}.top_p", 0 < s.top_p <= 1, "must be in (0, 1]"),
                 (f"{prefix}.max_new_tokens", s.max_new_tokens >= 1, "must be >= 1"),
             ]

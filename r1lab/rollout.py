@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lab.config import SampleConfig
+from r1lab.logprobs import token_logprobs
 from r1lab.model.transformer import Transformer
 
 
@@ -52,6 +53,10 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.temperature == 0:  # greedy (as transformers' generate without sampling); log-prob at temperature 1
+        logp_NV = F.log_softmax(logits_NV.float(), dim=-1)
+        token_N = logp_NV.argmax(dim=-1)
+        return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1)
     logp_NV = F.log_softmax(logits_NV.float() / cfg.temperature, dim=-1)
     probs = logp_NV.exp()
     if cfg.top_p < 1.0:
@@ -98,9 +103,14 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     return Rollout(tokens, mask, completion_mask, logprobs, P, finished=~alive)
 
 
-def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of every token given its prefix (N, T) with 0 at t=0, MoE aux loss) in one
-    forward pass that takes gradients: the training side of the sampler."""
+    forward pass that takes gradients: the training side of the sampler. ``chunk > 0`` computes
+    them ``chunk`` tokens at a time (``r1lab.logprobs``): O(chunk x V) memory, not O(N x T x V)."""
+    if chunk > 0:
+        out = model(tokens, positions_from_mask(attention_mask), attention_mask, logits=False)
+        logp = token_logprobs(out.normed_BTD[:, :-1], model.head_weight(), tokens[:, 1:], temperature, chunk)  # (N, T-1)
+        return F.pad(logp, (1, 0)), out.aux_loss
     out = model(tokens, positions_from_mask(attention_mask), attention_mask)
     logp_all = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1)  # (N, T-1, V)
     logp = logp_all.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (N, T-1)

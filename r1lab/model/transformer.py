@@ -13,6 +13,8 @@ DeepSeek's code. Multi-head latent attention lives in ``mla.py``; DeepSeek-V3's 
 prediction module (arXiv:2412.19437, sec. 2.2) is ``Transformer.mtp`` (``model.mtp_depth 1``):
 its own block over [RMSNorm(h_i); RMSNorm(embed(t_{i+1}))], sharing the embedding and the output
 head, predicting t_{i+2}; ``r1lab.model.mtp`` uses it to draft tokens for speculative decoding.
+Imported checkpoints may untie the head (``tie_embeddings``) and add Qwen2's q/k/v biases
+(``qkv_bias``); the defaults leave the model as above.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x_BTD, cos, sin, mask_B1TS, cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -87,7 +89,7 @@ def make_ffn(cfg: ModelConfig, layer: int) -> nn.Module:
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.attn_norm, self.ffn_norm = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.attn_norm, self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps), RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = MLAttention(cfg) if cfg.attention == "mla" else Attention(cfg)
         self.ffn = make_ffn(cfg, layer)
 
@@ -106,17 +108,18 @@ class MTPModule(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.hnorm, self.enorm, self.norm = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.hnorm, self.enorm, self.norm = (RMSNorm(cfg.d_model, cfg.norm_eps) for _ in range(3))
         self.proj = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
         self.block = Block(cfg, cfg.n_layers)
 
 
 @dataclass
 class ModelOutput:
-    logits_BTV: torch.Tensor
+    logits_BTV: torch.Tensor | None  # None when forward(..., logits=False)
     aux_loss: torch.Tensor  # sum of the MoE balance losses (0 for a dense model)
     load_LE: torch.Tensor | None  # (layers, experts) token-slots per expert, None for dense
     hidden_BTD: torch.Tensor | None = None  # last block's output before the final norm (the MTP module's input)
+    normed_BTD: torch.Tensor | None = None  # final normed hidden states, only with logits=False
 
 
 class Transformer(nn.Module):
@@ -125,8 +128,10 @@ class Transformer(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mtp = MTPModule(cfg) if cfg.mtp_depth > 0 else None
+        # Imported checkpoints (most LLaMA sizes) have their own output matrix; tiny ones share it.
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.d_model // cfg.n_heads
         cos, sin = rope_tables(rope_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -137,6 +142,8 @@ class Transformer(nn.Module):
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:
+                if name.endswith(".bias"):
+                    nn.init.zeros_(p)  # q/k/v biases (Qwen2) start at zero
                 continue  # norms stay at one
             # GPT-2: residual output projections get std / sqrt(2 L) so the stream starts near unit scale.
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight", "w2_EHD")) else 1.0
@@ -152,6 +159,10 @@ class Transformer(nn.Module):
         if cfg.attention == "mla":
             return LatentCache(n_layers, batch, max_len, cfg.kv_lora_rank, cfg.qk_rope_head_dim, p.dtype, p.device)
         return KVCache(n_layers, batch, cfg.n_kv_heads, max_len, cfg.d_model // cfg.n_heads, p.dtype, p.device)
+
+    def head_weight(self) -> torch.Tensor:
+        """The (V, D) output matrix: the embedding unless cfg.tie_embeddings is False."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache):
         """RoPE tables at the positions, the (B, 1, T, S) boolean mask (None: plain causal), and
@@ -178,7 +189,7 @@ class Transformer(nn.Module):
         return cos, sin, mask, token_mask
 
     def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
-                cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None) -> ModelOutput:
+                cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None, logits: bool = True) -> ModelOutput:
         """Logits for ``ids_BT``.
 
         Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
@@ -186,7 +197,9 @@ class Transformer(nn.Module):
         then be given too. Every query may always attend to itself, so a padding query (which
         would otherwise see no key at all) yields finite values instead of NaN.
         ``token_mask_BT`` marks the real tokens for the MoE balance losses and load statistics
-        when it cannot be read off ``key_mask_BS`` (pretraining's right padding)."""
+        when it cannot be read off ``key_mask_BS`` (pretraining's right padding). ``logits=False``
+        returns the normed hidden states (``normed_BTD``) instead of logits, for losses that apply
+        the output matrix a slice at a time (``r1lab.logprobs``) so that (B, T, V) never exists."""
         B, T = ids_BT.shape
         cos, sin, mask, token_mask = self._attention_inputs(B, T, ids_BT.device, positions_BT, key_mask_BS, cache)
         if token_mask_BT is not None:
@@ -201,8 +214,10 @@ class Transformer(nn.Module):
                 loads.append(stats.load_E)
         if cache is not None:
             cache.length += T
-        logits = F.linear(self.norm(x), self.embed.weight)  # tied output head, (B, T, V)
-        return ModelOutput(logits, aux, torch.stack(loads) if loads else None, hidden_BTD=x)
+        load_LE = torch.stack(loads) if loads else None
+        if not logits:
+            return ModelOutput(None, aux, load_LE, hidden_BTD=x, normed_BTD=self.norm(x))
+        return ModelOutput(F.linear(self.norm(x), self.head_weight()), aux, load_LE, hidden_BTD=x)  # logits (B, T, V)
 
     def mtp_forward(self, hidden_BTD: torch.Tensor, next_ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None,
                     key_mask_BS: torch.Tensor | None = None, cache: KVCache | LatentCache | None = None,
@@ -221,7 +236,7 @@ class Transformer(nn.Module):
         x, stats = m.block(x, cos, sin, mask, cache, 0, token_mask)
         if cache is not None:
             cache.length += T
-        logits = F.linear(m.norm(x), self.embed.weight)  # shared output head
+        logits = F.linear(m.norm(x), self.head_weight())  # the shared output head
         aux = stats.aux_loss if stats is not None else x.new_zeros((), dtype=torch.float32)
         return ModelOutput(logits, aux, stats.load_E[None] if stats is not None else None, hidden_BTD=x)
 

@@ -19,11 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r1lab import checkpoint, tracking
+from r1lab import checkpoint, lora, tracking
 from r1lab import config as config_lib
+from r1lab import tokenizer as tokenizer_lib
 from r1lab.config import Config, ModelConfig
+from r1lab.model import hf
 from r1lab.model.transformer import Transformer
-from r1lab.tokenizer import CharTokenizer
+from r1lab.tokenizer import BaseTokenizer, CharTokenizer
+
+HF_PREFIX = "hf:"
+"``--init hf:PATH`` starts from a local Hugging Face folder (r1lab.model.hf)"
 
 
 class StageError(RuntimeError):
@@ -132,9 +137,10 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     unless resuming."""
     if not cfg.resume and checkpoint.latest_step(run_dir) is not None:
         raise StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
+    tok = load_tokenizer(cfg.init)  # the run records the tokenizer it uses: its init's, or the character one
     run_dir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, run_dir / "config.yaml")
-    CharTokenizer.build().save(run_dir / "tokenizer.json")
+    tok.save_folder(run_dir)
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -153,7 +159,9 @@ def new_model(model_cfg: ModelConfig, vocab_size: int) -> Transformer:
 
 def model_state(model: Transformer) -> dict:
     """What a checkpoint must hold to rebuild the model without the run's config."""
-    return {"model_config": dataclasses.asdict(model.cfg), "vocab_size": model.vocab_size}
+    state = {"model_config": dataclasses.asdict(model.cfg), "vocab_size": model.vocab_size}
+    adapters = lora.settings(model)
+    return {**state, "lora": adapters} if adapters else state  # LoRA runs save base + adapters
 
 
 def resolve_checkpoint(path: str | Path) -> checkpoint.Checkpoint:
@@ -172,18 +180,60 @@ def resolve_checkpoint(path: str | Path) -> checkpoint.Checkpoint:
     raise StageError(f"init path {path} holds no checkpoint (looked for {checkpoint.MODEL_FILE} and checkpoints/step_N/)")
 
 
+def load_tokenizer(init: str | Path) -> BaseTokenizer:
+    """The tokenizer that goes with ``init``: a Hugging Face folder's (``hf:PATH``), else the
+    ``tokenizer.json`` of the checkpoint folder, of its run folder, or of a `zero` run's root;
+    the character tokenizer for a fresh model (empty ``init``) or a folder that has none."""
+    init = str(init)
+    if not init:
+        return CharTokenizer.build()
+    if init.startswith(HF_PREFIX):
+        folder = Path(init[len(HF_PREFIX):])
+        hf.read_config(folder)  # a wrong folder is reported by its config.json, not its tokenizer
+        return tokenizer_lib.load(folder)
+    path = Path(init)
+    run = path.parent.parent if path.parent.name == checkpoint.checkpoints_dir(Path()).name else path
+    for folder in (path, run, run.parent if run.name in ("pretrain", "rl") else run):
+        if (folder / tokenizer_lib.TOKENIZER_FILE).is_file():
+            return tokenizer_lib.load(folder)
+    return CharTokenizer.build()
+
+
+def check_vocab(tok: BaseTokenizer, vocab_size: int, where: object) -> None:
+    """Every token id must have an embedding row. The character tokenizer must match exactly;
+    an imported tokenizer may be smaller (Qwen2.5 pads its embedding to a multiple of 128)."""
+    exact = isinstance(tok, CharTokenizer)
+    if tok.vocab_size > vocab_size or (exact and tok.vocab_size != vocab_size):
+        raise StageError(f"{where}: vocabulary size {vocab_size} of the embedding does not fit the tokenizer's {tok.vocab_size} tokens (tokenizer.json)")
+
+
 def load_model(path: str | Path) -> tuple[Transformer, checkpoint.Checkpoint]:
+    """The model of a run or checkpoint folder, or of a Hugging Face folder given as ``hf:PATH``,
+    checked against its tokenizer (``load_tokenizer``)."""
+    if str(path).startswith(HF_PREFIX):
+        folder = str(path)[len(HF_PREFIX):]
+        model, tok, _ = hf.load(folder)  # checks config.json first, then the tokenizer against it
+        check_vocab(tok, model.vocab_size, Path(folder) / hf.CONFIG_FILE)
+        # A step-0 pseudo-checkpoint naming the folder: the stages print and resume from ckpt.path.
+        return model, checkpoint.Checkpoint(path=Path(folder), step=0, model_state={}, optimizer_state=None, state=model_state(model))
     ckpt = resolve_checkpoint(path)
+    tok = load_tokenizer(path)
+    state_file = ckpt.path / checkpoint.STATE_FILE
     try:
-        model_cfg = ModelConfig(**ckpt.state["model_config"])
+        saved = dict(ckpt.state["model_config"])
         vocab_size = int(ckpt.state["vocab_size"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise StageError(f"checkpoint {ckpt.path} has no usable model_config in state.json ({err})") from None
-    if vocab_size != CharTokenizer.build().vocab_size:
-        raise StageError(f"checkpoint {ckpt.path} has vocabulary size {vocab_size}, the tokenizer has {CharTokenizer.build().vocab_size}")
-    model = Transformer(model_cfg, vocab_size)
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise StageError(f"{state_file}: field model_config.{unknown[0]} is unknown to this r1lab (saved by a newer version?)")
+    check_vocab(tok, vocab_size, f"checkpoint {ckpt.path}")
+    model = Transformer(ModelConfig(**saved), vocab_size)
+    adapters = ckpt.state.get("lora")
+    if adapters:  # a LoRA run: rebuild its adapters, load, then fold them into the weights
+        lora.apply(model, int(adapters["rank"]), float(adapters["alpha"]), list(adapters["targets"]))
     checkpoint.apply(model, ckpt)
-    return model, ckpt
+    return (lora.merge(model) if adapters else model), ckpt
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

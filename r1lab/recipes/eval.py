@@ -20,12 +20,12 @@ from r1lab.model.transformer import Transformer
 from r1lab.recipes import common
 from r1lab.rewards import RewardWeights, extract_answer
 from r1lab.tasks import Task, get_task
-from r1lab.tokenizer import CharTokenizer
+from r1lab.tokenizer import BaseTokenizer
 
 ROWS_PER_BATCH = 256  # sampled sequences per sampler call: large enough to amortise Python overhead
 
 
-def evaluate_model(model: Transformer, tok: CharTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval",
+def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval",
                    samples_out: Path | None = None) -> EvalResult:
     """Sample, score and summarise; with ``samples_out``, also write every scored sample there
     (``write_samples``), for the report's side-by-side completions and for ``r1lab label``."""
@@ -80,11 +80,12 @@ def main(cfg: Config) -> Path:
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     task = get_task(cfg.task, seed=cfg.seed)
-    out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / "eval"
+    default = Path("runs") / "eval" if cfg.init.startswith(common.HF_PREFIX) else ckpt.path.parent.parent / "eval"
+    out = Path(cfg.out) if cfg.out else default
     # A file name from the task name: jsonl:<path> holds slashes, gym:<name> a colon.
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.name).strip("_")
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
-    result = evaluate_model(model, CharTokenizer.build(), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
+    result = evaluate_model(model, common.load_tokenizer(cfg.init), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
                             samples_out=path.with_suffix(".samples.jsonl"))
     save_result(result, path)
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))

@@ -22,10 +22,10 @@ from r1lab.model.transformer import count_parameters
 from r1lab.recipes import common
 from r1lab.sft import masked_nll
 from r1lab.tasks import Task, get_task
-from r1lab.tokenizer import CharTokenizer
+from r1lab.tokenizer import BaseTokenizer
 
 
-def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction: float, split: str = "train") -> list[int]:
+def document(tok: BaseTokenizer, task: Task, rng: random.Random, worked_fraction: float, split: str = "train") -> list[int]:
     """One corpus document: a question of ``split`` with a worked or a direct answer in the R1 template."""
     ex = task.sample(rng, split)
     worked = bool(ex.solution) and rng.random() < worked_fraction
@@ -33,7 +33,7 @@ def document(tok: CharTokenizer, task: Task, rng: random.Random, worked_fraction
     return tok.prompt_ids(ex.question) + tok.encode(completion) + [tok.eos_id]
 
 
-def batch(tok: CharTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int,
+def batch(tok: BaseTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int,
           split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` sequences of ``seq_len`` tokens, each packed with whole documents (GPT-style
     packing: plain causal attention across document boundaries, every document opening with
@@ -54,7 +54,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
     """Train, checkpoint into ``run_dir``, and return the final checkpoint's folder."""
     p = cfg.pretrain
     common.seed_everything(cfg.seed, cfg.threads)
-    tok = CharTokenizer.build()
+    tok = common.load_tokenizer(run_dir)  # the character tokenizer its run folder records
     task = get_task(cfg.task, seed=cfg.seed)
     data_rng = random.Random(cfg.seed)
     model = common.new_model(cfg.model, tok.vocab_size)

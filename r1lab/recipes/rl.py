@@ -15,26 +15,27 @@ from pathlib import Path
 
 import torch
 
-from r1lab import checkpoint, rl, rollout, tracking
+from r1lab import checkpoint, lora, rl, rollout, tracking
 from r1lab.config import Config, EvalConfig
 from r1lab.model import moe
 from r1lab.recipes import common
 from r1lab.recipes.eval import evaluate_model
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
-from r1lab.tokenizer import CharTokenizer
 
 
 def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     """Train from the checkpoint at ``init``; checkpoints go to ``run_dir``; returns the last one."""
     r = cfg.rl
     common.seed_everything(cfg.seed, cfg.threads)
-    tok = CharTokenizer.build()
+    tok = common.load_tokenizer(init)
     task = get_task(cfg.task, seed=cfg.seed)
     weights = RewardWeights(format=r.format_weight, correct=r.correct_weight, partial=r.partial_weight)
     policy, init_ckpt = common.load_model(init)
+    if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
+        lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
     # The reference policy is the starting point, frozen; only kept when the KL term uses it.
-    ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 else None
+    ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
     opt = common.make_optimizer(policy, r.lr, r.weight_decay)
     data_rng = random.Random(cfg.seed)
     sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -73,15 +74,15 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             rewards_N = torch.tensor([s.reward for s in scores])  # (B*G,)
             adv_N = rl.group_advantages(rewards_N, r.group_size, scale=r.scale_rewards)  # (B*G,)
             ref_logp = None
-            if ref is not None:
-                with torch.no_grad():
-                    ref_logp, _ = rollout.policy_logprobs(ref, ro.tokens, ro.attention_mask, r.sample.temperature)
+            if r.kl_coef > 0:
+                with torch.no_grad(), lora.disabled(policy):
+                    ref_logp, _ = rollout.policy_logprobs(ref if ref is not None else policy, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
 
             # 4. Clipped policy-gradient update(s) on this batch.
             t1 = time.perf_counter()
             load_LE = None
             for update in range(r.updates_per_batch):
-                logp, aux = rollout.policy_logprobs(policy, ro.tokens, ro.attention_mask, r.sample.temperature)
+                logp, aux = rollout.policy_logprobs(policy, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
                 if update == 0:  # sampler and trainer ran the same weights: their log-probs must agree
                     mismatch = (logp.detach() - ro.logprobs)[ro.completion_mask].abs()
                 out = rl.policy_loss(logp, ro.logprobs, adv_N, ro.completion_mask, r.clip_eps, ref_logp, r.kl_coef)

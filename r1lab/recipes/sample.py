@@ -9,7 +9,6 @@ from r1lab.config import Config
 from r1lab.recipes import common
 from r1lab.rewards import RewardWeights, Score, extract_answer, format_reward
 from r1lab.tasks import get_task
-from r1lab.tokenizer import CharTokenizer
 
 
 def main(cfg: Config) -> list[str]:
@@ -17,7 +16,7 @@ def main(cfg: Config) -> list[str]:
         raise common.StageError("sample needs --init RUN_OR_CHECKPOINT_FOLDER")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
-    tok = CharTokenizer.build()
+    tok = common.load_tokenizer(cfg.init)
     g = cfg.generate
     task = get_task(cfg.task, seed=cfg.seed)
     examples = None if g.questions else task.examples("test", 4, cfg.eval.seed)

@@ -26,14 +26,13 @@ from r1lab.recipes.eval import evaluate_model, save_result
 from r1lab.report import html as report_html
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
-from r1lab.tokenizer import CharTokenizer
 
 SUMMARY_KEYS = ("pass@1", "pass@8", "mean_len")
 
 # Keys that may change on --resume: they change where and how a run is logged or how fast it runs,
 # never what it computes.
 RESUME_FREE_KEYS = frozenset({"resume", "out", "threads", "tensorboard", "log_every", "save_every", "keep_checkpoints", "max_bad_steps"})
-RESUME_FREE_SECTIONS = ("check", "generate")  # sections zero never reads
+RESUME_FREE_SECTIONS = ("check", "generate", "label", "export")  # sections zero never reads
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
@@ -83,7 +82,7 @@ def _evaluate(cfg: Config, ckpt_path: Path, out: Path, desc: str) -> EvalResult:
         print(f"zero: {out} was measured with other settings: {', '.join(changed)}; evaluating again")
     common.seed_everything(cfg.seed, cfg.threads)
     model, _ = common.load_model(ckpt_path)
-    result = evaluate_model(model, CharTokenizer.build(), get_task(cfg.task, seed=cfg.seed), cfg.eval,
+    result = evaluate_model(model, common.load_tokenizer(ckpt_path), get_task(cfg.task, seed=cfg.seed), cfg.eval,
                             RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight), desc=desc,
                             samples_out=out.with_suffix(".samples.jsonl"))
     save_result(result, out)
