@@ -219,6 +219,9 @@ class LabelConfig:
     "`--token`: secret the page must present (?token=...); empty: none on loopback, a random one printed elsewhere"
     agreement: list[str] = field(default_factory=list)
     "`--agreement A B`: print Cohen's kappa of two label files (and agreement with exact step checks) instead of serving"
+
+
+@dataclass
 class ExportConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     "dtype of the exported weights (r1lab trains in float32; bfloat16 halves the folder and is exact for weights imported from bfloat16)"
