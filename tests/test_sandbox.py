@@ -199,6 +199,7 @@ def test_attacks_in_this_process():
         assert total >= 3 and held == total, (cls, counts[cls])
 
 
+@pytest.mark.slow
 def test_attacks_with_landlock_and_seccomp_off_warn_and_the_rest_holds():
     """A missing layer is loud, and the namespaces, uid/user namespace, minimal root, cgroups and
     rlimits still stop everything except what only seccomp forbids (creating user namespaces,

@@ -191,6 +191,19 @@ def test_with_a_cgroup_a_run_is_bounded_as_a_whole():
     assert not any(os.path.isdir(d) for d in dirs)  # removed with the pool
 
 
+def test_sysv_ipc_objects_die_with_their_run_even_without_seccomp():
+    """Class 2 with seccomp off (which alone refuses SysV IPC): the IPC namespace per run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        box = Sandbox(workers=1, disable={"seccomp"})
+    with box:
+        assert "ipc namespace per run" in box.layers.active
+        for name, planter, reader in A.IPC_PAIRS[:3]:
+            planted = judge_calls(box.run(TESTS.program(planter, Limits())), TESTS)
+            read = judge_calls(box.run(TESTS.program(reader, Limits())), TESTS)
+            assert planted.ok and read.label is Label.ERROR and "left by another run" in read.detail, (name, read)
+
+
 def test_a_deep_tree_in_scratch_costs_the_worker_nothing():
     with Sandbox(workers=1) as box:
         pid = box._slots[0].proc.pid

@@ -173,6 +173,8 @@ class SlotCgroup:
         self.fds = {c: os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for c, p in paths.items()}
         self.limit_f, self.usage_f, self.events_f, self.pids_f = _CGROUP_FILES[version]
         self._set: dict[str, str] = {}
+        self.base: int | None = None
+        self.oom_seen = 0
 
     def _fd(self, controller: str) -> int:
         return self.fds["" if self.version == 2 else controller]
@@ -204,10 +206,12 @@ class SlotCgroup:
                 os.close(cfd)
 
     def set_limits(self, memory_bytes: int, processes: int) -> None:
-        """Limits for the next run, over what the worker itself holds (which the run shares)."""
-        base = int(self._read("memory", self.usage_f))
+        """Limits for the next run, over what the worker itself held when it started (which the
+        run shares). Written only when they change: nothing to do for most runs."""
+        if self.base is None:
+            self.base = int(self._read("memory", self.usage_f))
         mib = 1 << 20
-        self._write("memory", self.limit_f, str((base + memory_bytes + mib - 1) // mib * mib))
+        self._write("memory", self.limit_f, str((self.base + memory_bytes + mib - 1) // mib * mib))
         self._write("pids", self.pids_f, str(processes + 2))  # + the worker and the run's shim
 
     def oom_kills(self) -> int:
@@ -216,6 +220,12 @@ class SlotCgroup:
             if key == "oom_kill":
                 return int(value)
         return 0
+
+    def new_oom_kills(self) -> bool:
+        """Whether the kernel killed a process of this cgroup for memory since the last call."""
+        count = self.oom_kills()
+        new, self.oom_seen = count > self.oom_seen, count
+        return new
 
     def describe(self) -> str:
         return f"cgroup v{self.version} per slot (memory, pids: per run)"

@@ -163,6 +163,8 @@ class Worker:
             act.append(f"uid per slot ({self.uid})")
         act += ["network namespace", "mount namespace"]
         try:
+            if "minimal root" in self.disable:
+                raise OSError(0, "disabled by the caller")
             L.mount("none", "/", None, L.MS_REC | L.MS_PRIVATE)
             self._pivot_into_minimal_root(hide)
         except OSError as e:
@@ -361,10 +363,8 @@ class Worker:
 
     def run(self, request: dict) -> tuple[dict, bytes, bytes]:
         limits = L.Limits(**request["limits"])
-        oom_before = 0
         if self.cgroup is not None:
             self.cgroup.set_limits(limits.memory_mb << 20, limits.processes)
-            oom_before = self.cgroup.oom_kills()
         stdin_path = None
         if request.get("stdin"):
             stdin_path = os.path.join(self.scratch, ".stdin")
@@ -386,7 +386,8 @@ class Worker:
         for fd in (out_w, res_w, setup_w, pid_w):
             os.close(fd)
         header, output, results = self._supervise(shim, limits, start, out_r, res_r, setup_r, pid_r)
-        header["oom"] = self.cgroup is not None and header["signal"] is not None and self.cgroup.oom_kills() > oom_before
+        # (read after every run, so that an OOM kill of a run's side process is not blamed on the next)
+        header["oom"] = self.cgroup is not None and self.cgroup.new_oom_kills() and header["signal"] is not None
         return header, output, results
 
     def _shim(self, request, limits, stdin_path, out_w, res_w, setup_w, pid_w) -> None:
