@@ -233,8 +233,8 @@ MEMORY_ACROSS_PROCESSES = (
     "import os, signal, time\nkids = []\nfor _ in range(4):\n    r, w = os.pipe()\n    pid = os.fork()\n"
     "    if pid == 0:\n        hog = bytearray(150 << 20)\n        os.write(w, b'1')\n        time.sleep(30)\n        os._exit(0)\n"
     "    os.close(w)\n    kids.append(pid)\n    os.read(r, 1)\n"
-    "done = sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in kids)  # still alive, each holding 150 MiB\n"
-    "for pid in kids:\n    os.kill(pid, signal.SIGKILL)\n    os.waitpid(pid, 0)\n"
+    "alive = [pid for pid in kids if os.waitpid(pid, os.WNOHANG) == (0, 0)]  # each holding 150 MiB\n"
+    "done = len(alive)\nfor pid in alive:\n    os.kill(pid, signal.SIGKILL)\n    os.waitpid(pid, 0)\n"
     "if done < 2:\n    raise MemoryError(f'{done} x 150 MiB held at once')\n" + RIGHT_F)
 UID_ZERO = "import os\nif 0 not in os.getresuid():\n    raise PermissionError('not uid 0')\n" + RIGHT_F
 

@@ -1,15 +1,17 @@
 """The sandbox worker: a pre-forked Python "zygote" that runs untrusted programs, one at a time.
 
 One worker per concurrent slot. It starts once (``python -S -s -B worker.py CONFIG``, a clean
-environment, no site-packages), moves into its own network, mount, IPC and UTS namespaces (inside
-an unprivileged user namespace when not root), mounts a private size-limited tmpfs on /tmp for
-its scratch directory, prepares a Landlock ruleset and a seccomp filter, and reports which layers
-it has (``layers.Layers``). Then, for each request read from the judge::
+environment, no site-packages), joins a cgroup of its own where the machine allows (as root:
+v2 where delegated, else v1), moves into its own network, mount, IPC and UTS namespaces (inside
+a user namespace in user mode, with a uid that is never 0), builds a minimal root on a tmpfs (the
+standard library and the runtime's shared libraries read-only, five devices, an empty /tmp) and
+pivot_roots into it, prepares a Landlock ruleset and a default-deny seccomp filter, and reports
+which layers it has (``layers.Layers``). Then, for each request read from the judge::
 
-    worker (supervisor: wall clock, output caps, kill, scratch cleanup)
-      └─ shim          unshare(CLONE_NEWPID), fork, wait, report the child's status
-           └─ child    PID 1 of a fresh pid namespace: fds, rlimits, uid (or no capabilities),
-                       no_new_privs, Landlock, seccomp, clean environment, then the program
+    worker (supervisor: wall clock, output caps, kill; a fresh tmpfs scratch after each run)
+      └─ shim          unshare(CLONE_NEWPID | CLONE_NEWIPC), fork, wait, report the child's status
+           └─ child    PID 1 of fresh pid and IPC namespaces: fds, rlimits, uid (never 0), no
+                       capabilities, no_new_privs, Landlock, seccomp, clean environment, the program
 
 Forking from an interpreter that is already started is what makes one run cost milliseconds
 (Android's zygote, and the fork servers of AFL and of Python's multiprocessing "forkserver").
