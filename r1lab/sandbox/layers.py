@@ -122,9 +122,11 @@ class Limits:
     timeout_s: float = 5.0
     """Wall-clock limit, enforced by the supervisor (SIGKILL of the whole pid namespace)."""
     memory_mb: int = 512
-    """RLIMIT_AS per process: a memory bomb gets MemoryError, not the host's OOM killer."""
+    """RLIMIT_AS per process (a memory bomb gets MemoryError, not the host's OOM killer) and, where
+    the slot has a cgroup, the memory of the whole run (else a run is one process)."""
     processes: int = 16
-    """RLIMIT_NPROC (threads count too): stops fork and thread bombs."""
+    """RLIMIT_NPROC (threads count too; the child is never uid 0, which it would not bind) and,
+    with a cgroup, pids.max of the run: stops fork and thread bombs."""
     file_size_mb: int = 16
     """RLIMIT_FSIZE: the largest file the child may write."""
     open_files: int = 64
