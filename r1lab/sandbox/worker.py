@@ -157,7 +157,7 @@ class Worker:
                 miss["user namespace"] = f"{e.strerror}: unprivileged user namespaces are unavailable"
                 for name in ("network namespace", "mount namespace", "minimal root", "pid namespace"):
                     miss[name] = "needs a user namespace"
-                return fallback_scratch
+                return os.path.join(fallback_scratch, "run")
             if not self.as_root:
                 miss["uid per slot"] = "needs root; the child has the caller's uid outside its user namespace"
         else:
@@ -171,7 +171,7 @@ class Worker:
             self._pivot_into_minimal_root(hide)
         except OSError as e:
             miss["minimal root"] = f"{e.strerror}: the child sees the host's file system (Landlock still applies)"
-            return fallback_scratch
+            return os.path.join(fallback_scratch, "run")
         self.fresh_scratch = True
         act.append("private tmpfs scratch per run (64 MiB, 4096 inodes, unmounted after)")
         return SCRATCH
@@ -307,10 +307,10 @@ class Worker:
             self.layers.missing["landlock"] = "not in this kernel (or disabled): the child can read any file its uid can"
             return
         # Read-only: the standard library and the runtime's shared libraries. Read-write: scratch;
-        # in the minimal root the rule sits on /tmp, above the per-run tmpfs (a rule belongs to
-        # an inode, and each run's scratch is a new one).
+        # the rule sits on the folder above it (a rule belongs to an inode, and each run's scratch
+        # is a new one: a tmpfs mounted on /tmp/scratch, or a folder created again).
         rules = [(p, L.READ_ONLY) for p in sys.path if p] + [(p, L.FS_READ_FILE) for p in self.runtime_files] + [
-            (os.path.dirname(self.scratch) if self.fresh_scratch else self.scratch, L.READ_WRITE),
+            (os.path.dirname(self.scratch), L.READ_WRITE),
             ("/dev/null", L.FS_READ_FILE | L.FS_WRITE_FILE),
             ("/dev/full", L.FS_READ_FILE | L.FS_WRITE_FILE),
             ("/dev/zero", L.FS_READ_FILE),
