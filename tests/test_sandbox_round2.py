@@ -204,6 +204,20 @@ def test_sysv_ipc_objects_die_with_their_run_even_without_seccomp():
             assert planted.ok and read.label is Label.ERROR and "left by another run" in read.detail, (name, read)
 
 
+def test_without_the_minimal_root_the_fallback_scratch_still_works_and_is_emptied():
+    """Where pivot_root is unavailable (reported DEGRADED): a folder per run below the Landlock
+    rule, removed by rm (iterative), so deep trees do not kill the worker either."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        box = Sandbox(workers=1, disable={"minimal root"})
+    with box:
+        assert any("DEGRADED" in str(w.message) and "minimal root" in str(w.message) for w in caught)
+        deep = box.run(Program("import os\nopen('x', 'w').write('1')\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n"))
+        after = box.run(Program("import os\nprint(os.listdir('.'))"))
+        assert box._slots[0].proc.poll() is None
+    assert deep.exit_code == 0 and after.results == b"[]\n"
+
+
 def test_a_deep_tree_in_scratch_costs_the_worker_nothing():
     with Sandbox(workers=1) as box:
         pid = box._slots[0].proc.pid
