@@ -62,6 +62,10 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
 def umount(target: str) -> None:
     """Detach ``target`` (and everything below it); the kernel frees it once unused."""
     _check(_libc.umount2(target.encode(), ctypes.c_int(MNT_DETACH)), f"umount {target}")

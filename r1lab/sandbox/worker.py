@@ -121,6 +121,8 @@ class Worker:
         self.ruleset_fd = -1
         self.seccomp: bytes | None = None
         self.userns = False
+        self.own_ns: dict[int, int] = {}
+        self.direct = False  # fork the child straight from the worker (no shim); see run()
         self.fresh_scratch = False  # a tmpfs mounted for each run (else a directory emptied by rm)
         # The judge talks on fds 0/1; move them out of the way so that nothing inherited can write there.
         self.req_fd = os.dup(0)
@@ -164,6 +166,7 @@ class Worker:
             L.unshare(flags)
             act.append(f"uid per slot ({self.uid})")
         act += ["network namespace", "mount namespace"]
+        self._hold_own_namespaces()
         try:
             if "minimal root" in self.disable:
                 raise OSError(0, "disabled by the caller")
@@ -193,6 +196,17 @@ class Worker:
                 reason = e.strerror or str(e)
         self.layers.missing["cgroups"] = f"{reason}; fallback: rlimits, and one process per run (threads allowed) so that RLIMIT_AS bounds the whole run"
         return None
+
+    def _hold_own_namespaces(self) -> None:
+        """Descriptors of this worker's pid and IPC namespaces, to come back to after unsharing
+        new ones for a run (see ``run``)."""
+        for flag, name in ((L.CLONE_NEWPID, "pid"), (L.CLONE_NEWIPC, "ipc")):
+            self.own_ns[flag] = os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _back_to_own_namespaces(self) -> None:
+        for flag, fd in self.own_ns.items():
+            if self.run_flags & flag:
+                L.setns(fd, flag)
 
     def _enter_user_namespace(self, flags: int) -> None:
         """unshare(CLONE_NEWUSER) and map uid/gid UID_INSIDE to the slot's ids outside. An
@@ -296,6 +310,18 @@ class Worker:
             self.layers.active.append("pid namespace per run")
         else:
             self.layers.missing.setdefault("pid namespace", "unshare(CLONE_NEWPID) refused: processes that start a new session may outlive a run")
+        if self.run_flags and len(self.own_ns) == 2:
+            pid = os.fork()  # can the worker unshare for a run and come back (setns)?
+            if pid == 0:
+                try:
+                    L.unshare(self.run_flags)
+                    self._back_to_own_namespaces()
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            self.direct = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        if self.direct:
+            self.layers.active.append("one fork per run (unshare, fork, setns back)")
         if self.run_flags & L.CLONE_NEWIPC:
             self.layers.active.append("ipc namespace per run")
         else:
@@ -377,6 +403,28 @@ class Worker:
         setup_r, setup_w = os.pipe()
         pid_r, pid_w = os.pipe()
         start = time.monotonic()
+        if self.direct:
+            # One fork instead of two: unshare the run's pid and IPC namespaces here, fork the
+            # child into them (it is PID 1 of its own), and come back with setns. Where setns
+            # is refused (a user namespace does not own the worker's pid namespace) a shim does
+            # the unshare in a process of its own.
+            L.unshare(self.run_flags)
+            try:
+                child = os.fork()
+                if child == 0:
+                    try:
+                        for fd in (out_r, res_r, setup_r, pid_r, pid_w, self.req_fd, self.resp_fd):
+                            os.close(fd)
+                        self._child(request, limits, stdin_path, out_w, res_w, setup_w)  # never returns
+                    finally:
+                        os._exit(EXIT_SETUP)
+            finally:
+                self._back_to_own_namespaces()
+            for fd in (out_w, res_w, setup_w, pid_w, pid_r):
+                os.close(fd)
+            header, output, results = self._supervise(child, limits, start, out_r, res_r, setup_r, None)
+            header["oom"] = self.cgroup is not None and self.cgroup.new_oom_kills() and header["signal"] is not None
+            return header, output, results
         shim = os.fork()
         if shim == 0:
             try:
@@ -461,10 +509,14 @@ class Worker:
         _run_program(request)
 
     def _supervise(self, shim, limits, start, out_r, res_r, setup_r, pid_r):
-        """In the worker: read the child's pipes under caps until it ends or the wall clock runs out."""
+        """In the worker: read the child's pipes under caps until it ends or the wall clock runs out.
+        ``shim`` is the shim, which reports the child's pid and status on ``pid_r``; or, with
+        ``pid_r`` None, the child itself."""
         deadline = start + limits.timeout_s
-        caps = {out_r: limits.output_kb * 1024, res_r: limits.results_kb * 1024, setup_r: 1, pid_r: 8}
-        data = {out_r: bytearray(), res_r: bytearray(), setup_r: bytearray(), pid_r: bytearray()}
+        caps = {out_r: limits.output_kb * 1024, res_r: limits.results_kb * 1024, setup_r: 1}
+        data = {out_r: bytearray(), res_r: bytearray(), setup_r: bytearray()}
+        if pid_r is not None:
+            caps[pid_r], data[pid_r] = 8, bytearray()
         shim_fd = os.pidfd_open(shim)
         poller = select.poll()
         for fd in (*data, shim_fd):
@@ -491,6 +543,12 @@ class Worker:
                     break
             if over:
                 break
+        if pid_r is None:  # direct: the child is PID 1 of the run; its end empties the namespace
+            if shim_status is None:
+                _kill(shim)
+                _, shim_status = os.waitpid(shim, 0)
+            data[-1] = bytearray(struct.pack("ii", shim, shim_status))
+            pid_r = -1
         child = struct.unpack("i", bytes(data[pid_r][:4]))[0] if len(data[pid_r]) >= 4 else None
         if shim_status is None:  # timed out or over a cap: kill the namespace's PID 1 and the shim
             if child is not None:
@@ -505,7 +563,8 @@ class Worker:
         self._sweep_orphans()
         os.close(shim_fd)
         for fd in data:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         status = struct.unpack("i", bytes(data[pid_r][4:8]))[0] if len(data[pid_r]) >= 8 else None
         header = {
             "exit_code": os.waitstatus_to_exitcode(status) if status is not None and os.WIFEXITED(status) else None,
