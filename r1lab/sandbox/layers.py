@@ -227,6 +227,10 @@ class SlotCgroup:
                 return int(value)
         return 0
 
+    def procs(self) -> list[int]:
+        """The processes in the cgroup (the worker and whatever a run left behind)."""
+        return [int(p) for p in self._read("pids", "cgroup.procs").split()]
+
     def new_oom_kills(self) -> bool:
         """Whether the kernel killed a process of this cgroup for memory since the last call."""
         count = self.oom_kills()

@@ -578,7 +578,8 @@ class Worker:
 
     def _sweep_orphans(self) -> None:
         """Reap re-parented zombies; without a pid namespace, also kill the run's survivors
-        (daemons that left its session end up as our children, being the subreaper)."""
+        (daemons that left its session end up as our children, being the subreaper), found in
+        /proc or, in the minimal root, in the slot's cgroup."""
         me = str(os.getpid())
         for _ in range(1000):
             survivors = []
@@ -591,6 +592,10 @@ class Worker:
                         continue
                     if fields[1] == me and fields[0] != "Z":
                         survivors.append(int(entry))
+                for pid in survivors:
+                    _kill(pid)
+            elif not self.run_flags & L.CLONE_NEWPID and self.cgroup is not None:  # no /proc in the minimal root
+                survivors = [pid for pid in self.cgroup.procs() if pid != os.getpid()]
                 for pid in survivors:
                     _kill(pid)
             try:
