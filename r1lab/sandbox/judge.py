@@ -36,7 +36,8 @@ JUDGE_BUDGET_S = 2.0  # judging one program's records past this is that program'
 class Label(str, enum.Enum):
     PASSED = "passed"
     FAILED = "failed"  # ran to the end, but a record is missing, malformed or wrong
-    ERROR = "error"  # the program raised (or exited non-zero) before all tests ran
+    ERROR = "error"  # the program raised (or exited non-zero) before all tests ran, or the judge
+    # could not read its output (an exception or the time budget while decoding or comparing)
     TIMEOUT = "timeout"  # wall clock or CPU limit
     MEMORY = "memory"  # MemoryError under the address-space limit
     OUTPUT_LIMIT = "output_limit"  # wrote past the output or results cap

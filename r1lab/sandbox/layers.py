@@ -62,6 +62,10 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
     _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
 def umount(target: str) -> None:
     """Detach ``target`` (and everything below it); the kernel frees it once unused."""
     _check(_libc.umount2(target.encode(), ctypes.c_int(MNT_DETACH)), f"umount {target}")
@@ -122,9 +126,11 @@ class Limits:
     timeout_s: float = 5.0
     """Wall-clock limit, enforced by the supervisor (SIGKILL of the whole pid namespace)."""
     memory_mb: int = 512
-    """RLIMIT_AS per process: a memory bomb gets MemoryError, not the host's OOM killer."""
+    """RLIMIT_AS per process (a memory bomb gets MemoryError, not the host's OOM killer) and, where
+    the slot has a cgroup, the memory of the whole run (else a run is one process)."""
     processes: int = 16
-    """RLIMIT_NPROC (threads count too): stops fork and thread bombs."""
+    """RLIMIT_NPROC (threads count too; the child is never uid 0, which it would not bind) and,
+    with a cgroup, pids.max of the run: stops fork and thread bombs."""
     file_size_mb: int = 16
     """RLIMIT_FSIZE: the largest file the child may write."""
     open_files: int = 64
@@ -173,6 +179,8 @@ class SlotCgroup:
         self.fds = {c: os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for c, p in paths.items()}
         self.limit_f, self.usage_f, self.events_f, self.pids_f = _CGROUP_FILES[version]
         self._set: dict[str, str] = {}
+        self.base: int | None = None
+        self.oom_seen = 0
 
     def _fd(self, controller: str) -> int:
         return self.fds["" if self.version == 2 else controller]
@@ -204,10 +212,12 @@ class SlotCgroup:
                 os.close(cfd)
 
     def set_limits(self, memory_bytes: int, processes: int) -> None:
-        """Limits for the next run, over what the worker itself holds (which the run shares)."""
-        base = int(self._read("memory", self.usage_f))
+        """Limits for the next run, over what the worker itself held when it started (which the
+        run shares). Written only when they change: nothing to do for most runs."""
+        if self.base is None:
+            self.base = int(self._read("memory", self.usage_f))
         mib = 1 << 20
-        self._write("memory", self.limit_f, str((base + memory_bytes + mib - 1) // mib * mib))
+        self._write("memory", self.limit_f, str((self.base + memory_bytes + mib - 1) // mib * mib))
         self._write("pids", self.pids_f, str(processes + 2))  # + the worker and the run's shim
 
     def oom_kills(self) -> int:
@@ -216,6 +226,16 @@ class SlotCgroup:
             if key == "oom_kill":
                 return int(value)
         return 0
+
+    def procs(self) -> list[int]:
+        """The processes in the cgroup (the worker and whatever a run left behind)."""
+        return [int(p) for p in self._read("pids", "cgroup.procs").split()]
+
+    def new_oom_kills(self) -> bool:
+        """Whether the kernel killed a process of this cgroup for memory since the last call."""
+        count = self.oom_kills()
+        new, self.oom_seen = count > self.oom_seen, count
+        return new
 
     def describe(self) -> str:
         return f"cgroup v{self.version} per slot (memory, pids: per run)"

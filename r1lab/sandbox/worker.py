@@ -1,15 +1,17 @@
 """The sandbox worker: a pre-forked Python "zygote" that runs untrusted programs, one at a time.
 
 One worker per concurrent slot. It starts once (``python -S -s -B worker.py CONFIG``, a clean
-environment, no site-packages), moves into its own network, mount, IPC and UTS namespaces (inside
-an unprivileged user namespace when not root), mounts a private size-limited tmpfs on /tmp for
-its scratch directory, prepares a Landlock ruleset and a seccomp filter, and reports which layers
-it has (``layers.Layers``). Then, for each request read from the judge::
+environment, no site-packages), joins a cgroup of its own where the machine allows (as root:
+v2 where delegated, else v1), moves into its own network, mount, IPC and UTS namespaces (inside
+a user namespace in user mode, with a uid that is never 0), builds a minimal root on a tmpfs (the
+standard library and the runtime's shared libraries read-only, five devices, an empty /tmp) and
+pivot_roots into it, prepares a Landlock ruleset and a default-deny seccomp filter, and reports
+which layers it has (``layers.Layers``). Then, for each request read from the judge::
 
-    worker (supervisor: wall clock, output caps, kill, scratch cleanup)
-      └─ shim          unshare(CLONE_NEWPID), fork, wait, report the child's status
-           └─ child    PID 1 of a fresh pid namespace: fds, rlimits, uid (or no capabilities),
-                       no_new_privs, Landlock, seccomp, clean environment, then the program
+    worker (supervisor: wall clock, output caps, kill; a fresh tmpfs scratch after each run)
+      └─ shim          unshare(CLONE_NEWPID | CLONE_NEWIPC), fork, wait, report the child's status
+           └─ child    PID 1 of fresh pid and IPC namespaces: fds, rlimits, uid (never 0), no
+                       capabilities, no_new_privs, Landlock, seccomp, clean environment, the program
 
 Forking from an interpreter that is already started is what makes one run cost milliseconds
 (Android's zygote, and the fork servers of AFL and of Python's multiprocessing "forkserver").
@@ -119,6 +121,8 @@ class Worker:
         self.ruleset_fd = -1
         self.seccomp: bytes | None = None
         self.userns = False
+        self.own_ns: dict[int, int] = {}
+        self.direct = False  # fork the child straight from the worker (no shim); see run()
         self.fresh_scratch = False  # a tmpfs mounted for each run (else a directory emptied by rm)
         # The judge talks on fds 0/1; move them out of the way so that nothing inherited can write there.
         self.req_fd = os.dup(0)
@@ -155,19 +159,22 @@ class Worker:
                 miss["user namespace"] = f"{e.strerror}: unprivileged user namespaces are unavailable"
                 for name in ("network namespace", "mount namespace", "minimal root", "pid namespace"):
                     miss[name] = "needs a user namespace"
-                return fallback_scratch
+                return os.path.join(fallback_scratch, "run")
             if not self.as_root:
                 miss["uid per slot"] = "needs root; the child has the caller's uid outside its user namespace"
         else:
             L.unshare(flags)
             act.append(f"uid per slot ({self.uid})")
         act += ["network namespace", "mount namespace"]
+        self._hold_own_namespaces()
         try:
+            if "minimal root" in self.disable:
+                raise OSError(0, "disabled by the caller")
             L.mount("none", "/", None, L.MS_REC | L.MS_PRIVATE)
             self._pivot_into_minimal_root(hide)
         except OSError as e:
             miss["minimal root"] = f"{e.strerror}: the child sees the host's file system (Landlock still applies)"
-            return fallback_scratch
+            return os.path.join(fallback_scratch, "run")
         self.fresh_scratch = True
         act.append("private tmpfs scratch per run (64 MiB, 4096 inodes, unmounted after)")
         return SCRATCH
@@ -189,6 +196,17 @@ class Worker:
                 reason = e.strerror or str(e)
         self.layers.missing["cgroups"] = f"{reason}; fallback: rlimits, and one process per run (threads allowed) so that RLIMIT_AS bounds the whole run"
         return None
+
+    def _hold_own_namespaces(self) -> None:
+        """Descriptors of this worker's pid and IPC namespaces, to come back to after unsharing
+        new ones for a run (see ``run``)."""
+        for flag, name in ((L.CLONE_NEWPID, "pid"), (L.CLONE_NEWIPC, "ipc")):
+            self.own_ns[flag] = os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _back_to_own_namespaces(self) -> None:
+        for flag, fd in self.own_ns.items():
+            if self.run_flags & flag:
+                L.setns(fd, flag)
 
     def _enter_user_namespace(self, flags: int) -> None:
         """unshare(CLONE_NEWUSER) and map uid/gid UID_INSIDE to the slot's ids outside. An
@@ -292,6 +310,18 @@ class Worker:
             self.layers.active.append("pid namespace per run")
         else:
             self.layers.missing.setdefault("pid namespace", "unshare(CLONE_NEWPID) refused: processes that start a new session may outlive a run")
+        if self.run_flags and len(self.own_ns) == 2:
+            pid = os.fork()  # can the worker unshare for a run and come back (setns)?
+            if pid == 0:
+                try:
+                    L.unshare(self.run_flags)
+                    self._back_to_own_namespaces()
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            self.direct = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        if self.direct:
+            self.layers.active.append("one fork per run (unshare, fork, setns back)")
         if self.run_flags & L.CLONE_NEWIPC:
             self.layers.active.append("ipc namespace per run")
         else:
@@ -303,10 +333,10 @@ class Worker:
             self.layers.missing["landlock"] = "not in this kernel (or disabled): the child can read any file its uid can"
             return
         # Read-only: the standard library and the runtime's shared libraries. Read-write: scratch;
-        # in the minimal root the rule sits on /tmp, above the per-run tmpfs (a rule belongs to
-        # an inode, and each run's scratch is a new one).
+        # the rule sits on the folder above it (a rule belongs to an inode, and each run's scratch
+        # is a new one: a tmpfs mounted on /tmp/scratch, or a folder created again).
         rules = [(p, L.READ_ONLY) for p in sys.path if p] + [(p, L.FS_READ_FILE) for p in self.runtime_files] + [
-            (os.path.dirname(self.scratch) if self.fresh_scratch else self.scratch, L.READ_WRITE),
+            (os.path.dirname(self.scratch), L.READ_WRITE),
             ("/dev/null", L.FS_READ_FILE | L.FS_WRITE_FILE),
             ("/dev/full", L.FS_READ_FILE | L.FS_WRITE_FILE),
             ("/dev/zero", L.FS_READ_FILE),
@@ -361,10 +391,8 @@ class Worker:
 
     def run(self, request: dict) -> tuple[dict, bytes, bytes]:
         limits = L.Limits(**request["limits"])
-        oom_before = 0
         if self.cgroup is not None:
             self.cgroup.set_limits(limits.memory_mb << 20, limits.processes)
-            oom_before = self.cgroup.oom_kills()
         stdin_path = None
         if request.get("stdin"):
             stdin_path = os.path.join(self.scratch, ".stdin")
@@ -375,6 +403,28 @@ class Worker:
         setup_r, setup_w = os.pipe()
         pid_r, pid_w = os.pipe()
         start = time.monotonic()
+        if self.direct:
+            # One fork instead of two: unshare the run's pid and IPC namespaces here, fork the
+            # child into them (it is PID 1 of its own), and come back with setns. Where setns
+            # is refused (a user namespace does not own the worker's pid namespace) a shim does
+            # the unshare in a process of its own.
+            L.unshare(self.run_flags)
+            try:
+                child = os.fork()
+                if child == 0:
+                    try:
+                        for fd in (out_r, res_r, setup_r, pid_r, pid_w, self.req_fd, self.resp_fd):
+                            os.close(fd)
+                        self._child(request, limits, stdin_path, out_w, res_w, setup_w)  # never returns
+                    finally:
+                        os._exit(EXIT_SETUP)
+            finally:
+                self._back_to_own_namespaces()
+            for fd in (out_w, res_w, setup_w, pid_w, pid_r):
+                os.close(fd)
+            header, output, results = self._supervise(child, limits, start, out_r, res_r, setup_r, None)
+            header["oom"] = self.cgroup is not None and self.cgroup.new_oom_kills() and header["signal"] is not None
+            return header, output, results
         shim = os.fork()
         if shim == 0:
             try:
@@ -386,7 +436,8 @@ class Worker:
         for fd in (out_w, res_w, setup_w, pid_w):
             os.close(fd)
         header, output, results = self._supervise(shim, limits, start, out_r, res_r, setup_r, pid_r)
-        header["oom"] = self.cgroup is not None and header["signal"] is not None and self.cgroup.oom_kills() > oom_before
+        # (read after every run, so that an OOM kill of a run's side process is not blamed on the next)
+        header["oom"] = self.cgroup is not None and self.cgroup.new_oom_kills() and header["signal"] is not None
         return header, output, results
 
     def _shim(self, request, limits, stdin_path, out_w, res_w, setup_w, pid_w) -> None:
@@ -458,10 +509,14 @@ class Worker:
         _run_program(request)
 
     def _supervise(self, shim, limits, start, out_r, res_r, setup_r, pid_r):
-        """In the worker: read the child's pipes under caps until it ends or the wall clock runs out."""
+        """In the worker: read the child's pipes under caps until it ends or the wall clock runs out.
+        ``shim`` is the shim, which reports the child's pid and status on ``pid_r``; or, with
+        ``pid_r`` None, the child itself."""
         deadline = start + limits.timeout_s
-        caps = {out_r: limits.output_kb * 1024, res_r: limits.results_kb * 1024, setup_r: 1, pid_r: 8}
-        data = {out_r: bytearray(), res_r: bytearray(), setup_r: bytearray(), pid_r: bytearray()}
+        caps = {out_r: limits.output_kb * 1024, res_r: limits.results_kb * 1024, setup_r: 1}
+        data = {out_r: bytearray(), res_r: bytearray(), setup_r: bytearray()}
+        if pid_r is not None:
+            caps[pid_r], data[pid_r] = 8, bytearray()
         shim_fd = os.pidfd_open(shim)
         poller = select.poll()
         for fd in (*data, shim_fd):
@@ -488,6 +543,12 @@ class Worker:
                     break
             if over:
                 break
+        if pid_r is None:  # direct: the child is PID 1 of the run; its end empties the namespace
+            if shim_status is None:
+                _kill(shim)
+                _, shim_status = os.waitpid(shim, 0)
+            data[-1] = bytearray(struct.pack("ii", shim, shim_status))
+            pid_r = -1
         child = struct.unpack("i", bytes(data[pid_r][:4]))[0] if len(data[pid_r]) >= 4 else None
         if shim_status is None:  # timed out or over a cap: kill the namespace's PID 1 and the shim
             if child is not None:
@@ -502,7 +563,8 @@ class Worker:
         self._sweep_orphans()
         os.close(shim_fd)
         for fd in data:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         status = struct.unpack("i", bytes(data[pid_r][4:8]))[0] if len(data[pid_r]) >= 8 else None
         header = {
             "exit_code": os.waitstatus_to_exitcode(status) if status is not None and os.WIFEXITED(status) else None,
@@ -516,7 +578,8 @@ class Worker:
 
     def _sweep_orphans(self) -> None:
         """Reap re-parented zombies; without a pid namespace, also kill the run's survivors
-        (daemons that left its session end up as our children, being the subreaper)."""
+        (daemons that left its session end up as our children, being the subreaper), found in
+        /proc or, in the minimal root, in the slot's cgroup."""
         me = str(os.getpid())
         for _ in range(1000):
             survivors = []
@@ -529,6 +592,10 @@ class Worker:
                         continue
                     if fields[1] == me and fields[0] != "Z":
                         survivors.append(int(entry))
+                for pid in survivors:
+                    _kill(pid)
+            elif not self.run_flags & L.CLONE_NEWPID and self.cgroup is not None:  # no /proc in the minimal root
+                survivors = [pid for pid in self.cgroup.procs() if pid != os.getpid()]
                 for pid in survivors:
                     _kill(pid)
             try:
