@@ -32,9 +32,11 @@ def build(variant: str, vocab: int = 50, **kw) -> Transformer:
     return model.eval()
 
 
-@pytest.mark.parametrize("variant", ["mla-softmax", "mla-qlora-sigmoid-groups"])
-def test_mla_cached_decoding_equals_full_forward(variant):
+@pytest.mark.parametrize("variant,absorb", [("mla-softmax", True), ("mla-qlora-sigmoid-groups", True), ("mla-softmax", False)])
+def test_mla_cached_decoding_equals_full_forward(variant, absorb):
     model = build(variant)
+    for layer in model.layers:
+        layer.attn.absorb = absorb
     prompts = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14]]
     ids, mask = left_pad(prompts, pad_id=0)
     cont = torch.randint(3, 50, (3, 7))
