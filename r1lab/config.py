@@ -181,6 +181,8 @@ class GenerateConfig:
     "questions to answer (`r1lab sample` takes them as positional arguments); empty: held-out problems"
     n: int = 4
     "completions per question"
+    speculative: bool = False
+    "draft each next token with the model's MTP module and verify it (self-speculative decoding, exact); needs model.mtp_depth 1"
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7))
     "sampling of `r1lab sample`"
 
