@@ -93,6 +93,8 @@ def test_v3_tiny_preset_builds_the_v3_design():
     m = cfg.model
     assert (m.attention, m.router, m.mtp_depth, m.first_k_dense_replace) == ("mla", "sigmoid", 1, 1)
     assert m.bias_update_speed == 0.001 and m.seq_aux_loss_coef == 1e-4 and m.aux_loss_coef == 0.0
+    # MLA has no key/value heads: n_kv_heads (a GQA setting) does not constrain n_heads there
+    assert config_lib.build(config_lib.load_yaml("v3-tiny"), {"model": {"n_heads": 2}}).model.n_heads == 2
 
 
 @pytest.mark.parametrize("key,value", [("model.n_group", 3), ("model.topk_group", 9), ("model.bias_update_speed", 0.01),
