@@ -191,6 +191,8 @@ class GenerateConfig:
     "questions to answer (`r1lab sample` takes them as positional arguments); empty: held-out problems"
     n: int = 4
     "completions per question"
+    speculative: bool = False
+    "draft each next token with the model's MTP module and verify it (self-speculative decoding, exact); needs model.mtp_depth 1"
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.7))
     "sampling of `r1lab sample`"
 
@@ -276,7 +278,7 @@ class Config:
         m, p, r, e = self.model, self.pretrain, self.rl, self.eval
         checks = [
             ("model.d_model", m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0, "must be a positive multiple of model.n_heads"),
-            ("model.n_heads", m.n_heads > 0 and m.n_heads % max(m.n_kv_heads, 1) == 0, "must be a positive multiple of model.n_kv_heads"),
+            ("model.n_heads", m.n_heads > 0 and (m.attention == "mla" or m.n_heads % max(m.n_kv_heads, 1) == 0), "must be a positive multiple of model.n_kv_heads"),
             ("model.n_kv_heads", m.n_kv_heads > 0, "must be positive"),
             ("model.n_layers", m.n_layers > 0, "must be positive"),
             ("model.top_k", 1 <= m.top_k <= m.n_routed_experts, f"must be between 1 and model.n_routed_experts ({m.n_routed_experts})"),

@@ -32,9 +32,11 @@ def build(variant: str, vocab: int = 50, **kw) -> Transformer:
     return model.eval()
 
 
-@pytest.mark.parametrize("variant", ["mla-softmax", "mla-qlora-sigmoid-groups"])
-def test_mla_cached_decoding_equals_full_forward(variant):
+@pytest.mark.parametrize("variant,absorb", [("mla-softmax", True), ("mla-qlora-sigmoid-groups", True), ("mla-softmax", False)])
+def test_mla_cached_decoding_equals_full_forward(variant, absorb):
     model = build(variant)
+    for layer in model.layers:
+        layer.attn.absorb = absorb
     prompts = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14]]
     ids, mask = left_pad(prompts, pad_id=0)
     cont = torch.randint(3, 50, (3, 7))
@@ -91,6 +93,8 @@ def test_v3_tiny_preset_builds_the_v3_design():
     m = cfg.model
     assert (m.attention, m.router, m.mtp_depth, m.first_k_dense_replace) == ("mla", "sigmoid", 1, 1)
     assert m.bias_update_speed == 0.001 and m.seq_aux_loss_coef == 1e-4 and m.aux_loss_coef == 0.0
+    # MLA has no key/value heads: n_kv_heads (a GQA setting) does not constrain n_heads there
+    assert config_lib.build(config_lib.load_yaml("v3-tiny"), {"model": {"n_heads": 2}}).model.n_heads == 2
 
 
 @pytest.mark.parametrize("key,value", [("model.n_group", 3), ("model.topk_group", 9), ("model.bias_update_speed", 0.01),

@@ -62,3 +62,26 @@ def test_aux_free_balancing_keeps_expert_load_even_on_a_short_run(tmp_path):
         rows = [json.loads(line) for line in (tmp_path / str(gamma) / "metrics.jsonl").read_text().splitlines()]
         ends[gamma] = sum(r["moe/load_max_over_mean"] for r in rows[-10:]) / 10
     assert ends[0.01] < 1.5 < ends[0.0]
+
+
+def test_v3_model_through_rl_and_speculative_sampling(tmp_path, capsys, base_run):
+    """RL moves the balancing bias once per optimizer step and logs the load; `r1lab sample
+    --generate.speculative` drafts with the MTP module and reports its acceptance rate."""
+    base = tmp_path / "base"
+    pretrain(base, {**V3_TINY, "pretrain": {**V3_TINY["pretrain"], "steps": 2}})
+    rl = {"rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "eval_every": 0, "sample": {"max_new_tokens": 8}},
+          "save_every": 2, "threads": 1, "tensorboard": False}
+    assert main(["rl", "--init", str(base), "--out", str(tmp_path / "rl"), *overrides(rl)]) == 0
+    before = load_file(base / "checkpoints" / "step_2" / "model.safetensors")
+    after = load_file(tmp_path / "rl" / "checkpoints" / "step_2" / "model.safetensors")
+    key = next(k for k in before if k.endswith("router.bias_E"))
+    assert not (before[key] == after[key]).all()
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "expert_load.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    metrics = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert "moe/layer0/load_max_over_mean" in metrics[-1]
+    capsys.readouterr()
+    assert main(["sample", "1+2", "--init", str(base), "--generate.speculative", "--generate.n", "1", "--threads", "1"]) == 0
+    assert "MTP drafts accepted" in capsys.readouterr().out
+    assert main(["sample", "1+2", "--init", str(base_run), "--generate.speculative", "--threads", "1"]) == 2  # no MTP module
+    assert "needs a model with an MTP module" in capsys.readouterr().err

@@ -68,6 +68,7 @@ class MLAttention(nn.Module):
         self.wkv_b = nn.Linear(self.r, H * (self.dn + self.dv), bias=False)
         self.wo = nn.Linear(H * self.dv, D, bias=False)
         self.scale = 1.0 / math.sqrt(self.dn + self.dr)
+        self.absorb = True  # cached calls: absorbed up-projections (False: expand the latents, for benchmarks/decode.py)
 
     def forward(self, x_BTD, cos, sin, mask_B1TS, cache, layer: int) -> torch.Tensor:
         B, T, _ = x_BTD.shape
@@ -82,16 +83,19 @@ class MLAttention(nn.Module):
         w_kv = self.wkv_b.weight.view(H, dn + dv, r)
         w_uk, w_uv = w_kv[:, :dn], w_kv[:, dn:]  # (H, dn, r), (H, dv, r)
         causal = mask_B1TS is None
-        if cache is None:
-            kv = (c @ self.wkv_b.weight.t()).view(B, T, H, dn + dv).transpose(1, 2)  # (B, H, T, dn + dv)
+        if cache is not None:
+            if causal:
+                raise ValueError("MLA decoding with a cache needs the key mask")
+            c, k_rope = cache.update(layer, c, k_rope)  # the whole cached sequence: (B, S, r), (B, S, dr)
+        if cache is None or not self.absorb:
+            S = c.shape[1]
+            kv = (c @ self.wkv_b.weight.t()).view(B, S, H, dn + dv).transpose(1, 2)  # (B, H, S, dn + dv)
             k_nope, v = kv.split([dn, dv], dim=-1)
-            k = torch.cat([k_nope, k_rope[:, None].expand(B, H, T, dr)], dim=-1)  # (B, H, T, dn + dr)
+            k = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)  # (B, H, S, dn + dr)
             qf = torch.cat([q_nope, q_rope], dim=-1)
             y = F.scaled_dot_product_attention(qf, k, v, attn_mask=None if causal else mask_B1TS, is_causal=causal, scale=self.scale)
         else:
-            c_all, kr_all = cache.update(layer, c, k_rope)  # (B, S, r), (B, S, dr)
-            if causal:
-                raise ValueError("MLA decoding with a cache needs the key mask")
+            c_all, kr_all = c, k_rope
             q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # absorbed W_UK, (B, H, T, r)
             qf = torch.cat([q_lat, q_rope], dim=-1)  # (B, H, T, r + dr)
             kf = torch.cat([c_all, kr_all], dim=-1)[:, None]  # (B, 1, S, r + dr), one "head" shared

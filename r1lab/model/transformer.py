@@ -47,6 +47,11 @@ class KVCache:
         self.v[layer, :, :, start:end] = v_BHTd
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def bytes_per_token(self) -> int:
+        """Cache bytes per token over all layers (keys and values)."""
+        L, _, H, _, d = self.k.shape
+        return 2 * L * H * d * self.k.element_size()
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):

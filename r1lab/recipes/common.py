@@ -311,7 +311,7 @@ def expert_load_heatmap(run_dir: Path, stage: str, max_columns: int = 100) -> Pa
     matrix = np.stack([load_SLE[b].mean(0).reshape(L * E) for b in bins], axis=1)  # (L*E, bins)
     labels = [f"L{l} E{e}" for l in range(L) for e in range(E)] if L * E <= 64 else None
     return plots.heatmap(Path(run_dir) / "expert_load.png", matrix, title=f"{stage}: expert load over steps ({rows[0]['step']}-{rows[-1]['step']})",
-                         xlabel="step bin", ylabel="MoE layer, expert", colorbar="share of layer's token-slots", yticklabels=labels)
+                         xlabel=f"step bin ({-(-S // len(bins))} logged steps each)", ylabel="MoE layer, expert", colorbar="share of layer's token-slots", yticklabels=labels)
 
 
 def print_stage_summary(run_dir: Path, stage: str, keys: list[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from r1lab import rollout
+from r1lab import rollout, speculative
 from r1lab.config import Config
 from r1lab.recipes import common
 from r1lab.rewards import RewardWeights, Score, extract_answer, format_reward
@@ -22,7 +22,14 @@ def main(cfg: Config) -> list[str]:
     examples = None if g.questions else task.examples("test", 4, cfg.eval.seed)
     questions = g.questions or [ex.question for ex in examples]
     prompts = [tok.prompt_ids(q) for q in questions for _ in range(g.n)]
-    ro = rollout.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(cfg.seed))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if g.speculative:
+        if model.mtp is None:
+            raise common.StageError(f"--generate.speculative needs a model with an MTP module; {ckpt.path} has model.mtp_depth 0")
+        ro, stats = speculative.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, gen)
+        print(f"sample: MTP drafts accepted {stats.accepted}/{stats.drafts} ({stats.acceptance_rate:.1%}), {stats.forward_passes} decode passes")
+    else:
+        ro = rollout.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, gen)
     texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(prompts))]
     weights = RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight)
     print(f"sample: {ckpt.path}, temperature {g.sample.temperature}, {g.n} per question")
