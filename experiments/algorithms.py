@@ -1,6 +1,6 @@
 """GRPO, Dr. GRPO, DAPO, GSPO, RLOO and REINFORCE++ on one procedural task, the same budget.
 
-    python experiments/algorithms.py [--out DIR] [--quick] [--seeds 3] [--steps 40] [--task chain]
+    python experiments/algorithms.py [--out DIR] [--quick] [--seeds 3] [--steps 40] [--task chain] [--pretrain-steps N]
 
 One base model is pretrained once (seeded), then each algorithm's preset (r1lab/configs/<algo>.yaml,
 the paper's setting) runs RL from it for the same number of steps, prompts and samples, on each
@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--gain", type=float, default=0.10, help="threshold = base pass@1 + gain")
     ap.add_argument("--task", default="chain")
+    ap.add_argument("--pretrain-steps", type=int, default=0, help="pretraining steps of the base model; 0 keeps the config default")
+    ap.add_argument("--eval-problems", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy machine)")
     ap.add_argument("--arms", default=",".join(ARMS))
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
@@ -55,8 +58,10 @@ def main() -> None:
     arms = args.arms.split(",")
     seeds = 1 if args.quick else args.seeds
     steps, eval_every = (2, 1) if args.quick else (args.steps, args.eval_every)
-    shared = QUICK if args.quick else {"rl": {"prompts_per_step": 8, "group_size": 8, "eval_problems": 100}}
-    shared = {**shared, "task": args.task, "tensorboard": False, "save_every": 10_000}
+    shared = QUICK if args.quick else {"rl": {"prompts_per_step": 8, "group_size": 8, "eval_problems": args.eval_problems}}
+    if args.pretrain_steps and not args.quick:
+        shared = {**shared, "pretrain": {"steps": args.pretrain_steps}}
+    shared = {"threads": args.threads, **shared, "task": args.task, "tensorboard": False, "save_every": 10_000}
 
     # One base model for every arm and seed: the comparison is between RL algorithms only.
     base_cfg = config_lib.build(shared, {"out": str(out / "base")})

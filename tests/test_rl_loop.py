@@ -85,7 +85,7 @@ def test_every_switch_at_once_runs_logs_and_learns(base_run, tmp_path):
     out = tmp_path / "all"
     assert main(["rl", "--init", str(base_run), "--out", str(out), *ARGS, *EVERYTHING]) == 0
     rows = read_metrics(out / "metrics.jsonl")
-    for key in ("reward/format_mean", "reward/correct_mean", "reward/overlong_mean", "reward/think_present_mean", "reward/chars_std",
+    for key in ("reward/task_mean", "reward/format_mean", "reward/correct_mean", "reward/overlong_mean", "reward/think_present_mean", "reward/chars_std",
                 "train/clip_low_frac", "train/clip_high_frac", "train/kl", "rollout/entropy", "train/entropy", "rollout/max_len",
                 "rollout/truncated_frac", "rollout/tokens_per_s", "train/tokens_per_s", "rollout/logp_mismatch_max",
                 "rollout/groups_drawn_per_kept", "time/prefill_s", "time/decode_s", "time/forward_backward_s", "time/optimizer_s"):
@@ -94,7 +94,7 @@ def test_every_switch_at_once_runs_logs_and_learns(base_run, tmp_path):
         assert row["train/optimizer_steps"] in (2 * min(2, row["rollout/groups_kept"]), 0) or row["rollout/groups_kept"] == 0
         assert row["rollout/groups_drawn_per_kept"] >= 1.0 and row["rollout/sample_rounds"] <= 3
         assert row["rollout/logp_mismatch_max"] < 1e-3
-        parts = sum(row[f"reward/{k}_mean"] for k in ("format", "correct", "overlong", "think_present", "chars"))
+        parts = sum(row[f"reward/{k}_mean"] for k in ("task", "overlong", "think_present", "chars"))
         assert row["rollout/reward_mean"] == pytest.approx(parts, abs=1e-5)
     ckpt = out / "checkpoints" / "step_3"
     assert (ckpt / "ref_model.safetensors").is_file()  # KL on: the frozen reference is state

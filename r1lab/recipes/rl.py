@@ -50,11 +50,13 @@ def loss_settings(r: RLConfig) -> rl.LossSettings:
 
 
 def reward_components(texts: list[str], examples: list[Example], ro: rollout.Rollout, task, r: RLConfig, weights: RewardWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
-    """(total reward (N,), each weighted component (N,) by name, the task's Scores)."""
+    """(total reward (N,), the components (N,) that add up to it by name, the task's Scores).
+
+    ``task`` is the task's own R1 reward (format and correctness, combined as ``task.score``
+    defines); the others are added to it, each already weighted."""
     scores = [task.score(text, ex, weights) for text, ex in zip(texts, examples)]
-    parts = {"format": torch.tensor([weights.format * s.format for s in scores]),
-             "correct": torch.tensor([weights.correct * s.correct for s in scores])}
-    total = torch.tensor([s.reward for s in scores])  # (N,) the task's own sum, unchanged by default
+    total = torch.tensor([s.reward for s in scores])  # (N,) the task's own reward, unchanged by default
+    parts = {"task": total}
     if r.overlong == "soft":
         buffer = r.overlong_buffer or max(1, r.sample.max_new_tokens // 5)
         parts["overlong"] = r.overlong_weight * rl.soft_overlong_penalty(ro.completion_lengths, r.sample.max_new_tokens, buffer)
@@ -251,6 +253,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 "rollout/reward_std": float(rewards_N.std()),
                 **{f"reward/{k}_mean": float(v.mean()) for k, v in parts.items()},
                 **{f"reward/{k}_std": float(v.std()) for k, v in parts.items()},
+                **{f"reward/{k}_mean": float(torch.tensor([getattr(s, k) for s in scores]).mean()) for k in ("format", "correct")},
                 "rollout/format_rate": sum(s.format for s in scores) / len(scores),
                 "rollout/correct_rate": sum(s.correct for s in scores) / len(scores),
                 "rollout/zero_var_group_frac": float((groups.std(dim=1) == 0).float().mean()),
