@@ -130,3 +130,17 @@ def test_impossible_settings_fail_in_one_line(base_run, tmp_path, capsys, argv, 
 def test_unknown_extra_reward_is_named(base_run, tmp_path, capsys):
     assert main(["rl", "--init", str(base_run), "--out", str(tmp_path / "x"), *ARGS, "--rl.extra_rewards", '["nope"]', "--rl.extra_reward_weights", "[1]"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_resume_with_mini_batches_and_dynamic_sampling_reaches_the_same_weights(base_run, tmp_path):
+    import shutil
+
+    extra = ["--rl.dynamic_sampling", "--rl.mini_batches", "2", "--rl.updates_per_batch", "2", "--rl.format_weight", "1.0", "--save_every", "1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["rl", "--init", str(base_run), "--out", str(full), *ARGS, *extra]) == 0
+    assert main(["rl", "--init", str(base_run), "--out", str(part), *ARGS, *extra, "--rl.steps", "2"]) == 0
+    shutil.rmtree(part / "checkpoints" / "step_2")  # as if killed after saving step 1
+    assert main(["rl", "--init", str(base_run), "--out", str(part), *ARGS, *extra, "--resume"]) == 0
+    a = load_file(full / "checkpoints" / "step_3" / "model.safetensors")
+    b = load_file(part / "checkpoints" / "step_3" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
