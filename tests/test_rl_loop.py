@@ -1,14 +1,12 @@
 """The RL loop's plumbing: gradient accumulation that adds up, every algorithm runnable from the
 CLI with its metrics, dynamic sampling, the reference model only when KL is on."""
 
-import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import TINY, overrides
-from r1lab import rl
 from r1lab.cli import main
 from r1lab.config import ModelConfig, RLConfig, SampleConfig
 from r1lab.model.transformer import Transformer
