@@ -138,7 +138,7 @@ class RLConfig:
     micro_batch_size: int = 0
     "sequences per forward/backward (gradient accumulation within a mini-batch); 0 = the whole mini-batch at once"
     tis_cap: float = 0.0
-    "truncated importance sampling: weight tokens by min(pi_trainer / pi_sampler, cap) (Yao et al. 2025 use 2); 0 disables it"
+    "truncated importance sampling: weight tokens by min(pi_trainer / pi_sampler, cap) (Yao et al. 2025); 0 disables it"
     dynamic_sampling: bool = False
     "DAPO dynamic sampling: redraw until prompts_per_step groups with unequal rewards are kept"
     max_sample_rounds: int = 4
