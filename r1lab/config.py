@@ -150,9 +150,49 @@ class RLConfig:
     kl_coef: float = 0.0
     "weight of the k3 KL estimator to the frozen reference policy; 0 drops the reference model"
     updates_per_batch: int = 1
-    "optimizer updates per rollout batch (GRPO's mu); >1 makes the clip matter"
-    scale_rewards: bool = True
-    "divide advantages by the group's reward std (GRPO); False gives Dr. GRPO's mean-only baseline"
+    "passes over each rollout batch (GRPO's mu, arXiv:2402.03300 alg. 1); >1 makes the clip matter"
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = "grpo"
+    "baseline: group mean (grpo, dr_grpo: arXiv:2503.20783), leave-one-out (rloo: arXiv:2402.14740), batch mean (reinforce_pp: arXiv:2501.03262)"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    "divide advantages by the reward std of the group (GRPO), of the batch (REINFORCE++), or not at all (Dr. GRPO)"
+    loss_type: Literal["ppo", "gspo", "cispo", "sapo"] = "ppo"
+    "surrogate: PPO clip (GRPO/DAPO), GSPO sequence ratio (arXiv:2507.18071), CISPO clipped IS weight (arXiv:2506.13585), SAPO soft gate (arXiv:2511.20347)"
+    clip_eps_high: float = 0.0
+    "upper clip epsilon (DAPO clip-higher: 0.28, arXiv:2503.14476); 0 uses clip_eps (symmetric)"
+    dual_clip: float = 0.0
+    "dual-clip constant c > 1 bounding the loss of A < 0 tokens at -c A (arXiv:1912.09729 uses 3); 0 disables it"
+    sapo_tau_pos: float = 1.0
+    "SAPO gate temperature for positive advantages (TRL's default)"
+    sapo_tau_neg: float = 1.05
+    "SAPO gate temperature for negative advantages (TRL's default)"
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    "loss over tokens: all tokens of the batch (DAPO), per sequence then batch (GRPO), sequence sums over max_new_tokens (Dr. GRPO)"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    "KL estimator to the reference (k3: GRPO's, unbiased and non-negative)"
+    kl_in_reward: bool = False
+    "subtract kl_coef x the completion's summed KL from its reward (PPO-RLHF style) instead of adding a loss term"
+    entropy_coef: float = 0.0
+    "entropy bonus weight (0: none, as in GRPO and DAPO)"
+    mini_batches: int = 1
+    "optimizer steps per pass over the rollout batch: whole groups split into this many shuffled mini-batches (at most one per group)"
+    micro_batch_size: int = 0
+    "sequences per forward/backward (gradient accumulation within a mini-batch); 0 = the whole mini-batch at once"
+    tis_cap: float = 0.0
+    "truncated importance sampling: weight tokens by min(pi_trainer / pi_sampler, cap) (Yao et al. 2025); 0 disables it"
+    dynamic_sampling: bool = False
+    "DAPO dynamic sampling: redraw until prompts_per_step groups with unequal rewards are kept"
+    max_sample_rounds: int = 4
+    "dynamic sampling: at most this many draws of prompts_per_step prompts per step; then train on what was kept"
+    overlong: Literal["none", "mask", "soft"] = "none"
+    "truncated completions: keep (none), drop from the loss (mask: DAPO overlong filtering), or DAPO's soft length penalty"
+    overlong_buffer: int = 0
+    "soft overlong penalty's buffer L_cache in tokens (DAPO: 4096 of 20480); 0 = a fifth of max_new_tokens"
+    overlong_weight: float = 1.0
+    "weight of the soft overlong penalty in the reward"
+    extra_rewards: list[str] = field(default_factory=list)
+    "extra reward functions by name (r1lab.recipes.rl.REWARDS), added to format and correctness"
+    extra_reward_weights: list[float] = field(default_factory=list)
+    "one weight per extra reward function"
     format_weight: float = 0.1
     "weight of the format reward (R1 template followed)"
     correct_weight: float = 1.0
@@ -310,6 +350,19 @@ class Config:
             ("rl.clip_eps", r.clip_eps > 0, "must be positive"),
             ("rl.kl_coef", r.kl_coef >= 0, "must be >= 0"),
             ("rl.updates_per_batch", r.updates_per_batch >= 1, "must be >= 1"),
+            ("rl.scale_rewards", r.advantage != "dr_grpo" or r.scale_rewards == "none", "must be none with rl.advantage dr_grpo (Dr. GRPO drops the std division)"),
+            ("rl.clip_eps_high", r.clip_eps_high >= 0, "must be >= 0"),
+            ("rl.dual_clip", r.dual_clip == 0 or r.dual_clip > 1, "must be 0 (off) or > 1"),
+            ("rl.sapo_tau_pos", r.sapo_tau_pos > 0, "must be positive"),
+            ("rl.sapo_tau_neg", r.sapo_tau_neg > 0, "must be positive"),
+            ("rl.entropy_coef", r.entropy_coef >= 0, "must be >= 0"),
+            ("rl.mini_batches", r.mini_batches >= 1, "must be >= 1"),
+            ("rl.micro_batch_size", r.micro_batch_size >= 0, "must be >= 0"),
+            ("rl.tis_cap", r.tis_cap == 0 or r.tis_cap >= 1, "must be 0 (off) or >= 1"),
+            ("rl.max_sample_rounds", r.max_sample_rounds >= 1, "must be >= 1"),
+            ("rl.overlong_buffer", 0 <= r.overlong_buffer < r.sample.max_new_tokens, f"must be in [0, rl.sample.max_new_tokens ({r.sample.max_new_tokens}))"),
+            ("rl.kl_in_reward", not r.kl_in_reward or r.kl_coef > 0, "needs rl.kl_coef > 0"),
+            ("rl.extra_reward_weights", len(r.extra_reward_weights) == len(r.extra_rewards), "needs one weight per name in rl.extra_rewards"),
             ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
             ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
             ("rl.logprob_chunk", r.logprob_chunk >= 0, "must be >= 0 (0: no chunking)"),

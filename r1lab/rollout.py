@@ -8,6 +8,7 @@ distribution without top-p truncation, as TRL and verl compute them for the poli
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +27,19 @@ class Rollout:
     attention_mask: torch.Tensor  # (N, P + C) bool, real tokens (prompt and completion up to eos)
     completion_mask: torch.Tensor  # (N, P + C) bool, sampled tokens that count in the loss
     logprobs: torch.Tensor  # (N, P + C) sampler log-prob of each completion token, 0 elsewhere
-    prompt_len: int  # P, the padded prompt width
+    prompt_len: int  # P, the padded prompt width; no completion token sits left of it (rows wider than
+    # max_seq_len are shifted left by their own padding, so then completions start at different columns)
     finished: torch.Tensor  # (N,) bool, ended with eos within the token budget
+    entropy: torch.Tensor | None = None  # (N, P + C) sampler entropy at each completion token, 0 elsewhere
+    prefill_s: float = 0.0  # seconds spent prefilling prompts
+    decode_s: float = 0.0  # seconds spent decoding
 
     @property
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)  # (N,)
 
     def completion_ids(self, i: int) -> list[int]:
-        return self.tokens[i, self.prompt_len:][self.completion_mask[i, self.prompt_len:]].tolist()
+        return self.tokens[i][self.completion_mask[i]].tolist()
 
 
 def positions_from_mask(mask_BT: torch.Tensor) -> torch.Tensor:
@@ -52,11 +57,12 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask  # (N, P), (N, P)
 
 
-def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token, its log-prob, the entropy of the distribution sampled from), each (N,)."""
     if cfg.temperature == 0:  # greedy (as transformers' generate without sampling); log-prob at temperature 1
         logp_NV = F.log_softmax(logits_NV.float(), dim=-1)
         token_N = logp_NV.argmax(dim=-1)
-        return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1)
+        return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1), -(logp_NV.exp() * logp_NV).sum(-1)
     logp_NV = F.log_softmax(logits_NV.float() / cfg.temperature, dim=-1)
     probs = logp_NV.exp()
     if cfg.top_p < 1.0:
@@ -65,42 +71,127 @@ def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generat
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     token_N = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-    return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1)
+    entropy_N = -(logp_NV.exp() * logp_NV).sum(-1)  # of the temperature-scaled distribution
+    return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1), entropy_N
 
 
 @torch.no_grad()
-def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator) -> Rollout:
-    """Sample one completion per prompt (repeat a prompt G times for a GRPO group)."""
+def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator, repeats: int = 1) -> Rollout:
+    """Sample ``repeats`` completions per prompt (a GRPO group: ``repeats=G``); row ``i * repeats + j``
+    is the j-th completion of prompt i.
+
+    Each prompt is prefilled once and its cache copied to its group. Every row has its own token
+    budget, ``min(max_new_tokens, max_seq_len - len(prompt))``, whatever the other prompts'
+    lengths. Rows that end leave the decode batch (their cache rows are dropped), so a batch no
+    longer decodes until its longest row ends. Tokens are still drawn for all rows at every step
+    (finished rows' draws are discarded), so the random stream, and hence every sample, is the
+    one that decoding the full batch would give."""
     was_training = model.training
     model.eval()
-    ids, mask = left_pad(prompts, pad_id)
-    N, P = ids.shape
-    budget = min(cfg.max_new_tokens, model.cfg.max_seq_len - P)
-    if budget < 1:
-        raise ValueError(f"prompt of {P} tokens leaves no room under model.max_seq_len={model.cfg.max_seq_len}")
-    cache = model.new_cache(N, P + budget)
-    logits = model(ids, positions_from_mask(mask), mask, cache).logits_BTV[:, -1]  # (N, V)
-    next_pos = mask.sum(-1)  # (N,) position of the next token
-    alive = torch.ones(N, dtype=torch.bool)
-    toks, logps, valid = [], [], []
-    for _ in range(budget):
-        token, logp = _sample_token(logits, cfg, gen)
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        toks.append(token)
-        logps.append(torch.where(alive, logp, 0.0))
-        valid.append(alive.clone())  # the eos token itself counts; what follows it does not
-        mask = torch.cat([mask, alive[:, None]], dim=1)
-        alive = alive & (token != eos_id)
-        if not alive.any() or len(toks) == budget:
+    t0 = time.perf_counter()
+    ids_BP, mask_BP = left_pad(prompts, pad_id)
+    B, P = ids_BP.shape
+    N = B * repeats
+    max_len = model.cfg.max_seq_len
+    lens_N = mask_BP.sum(-1).repeat_interleave(repeats)  # (N,)
+    budget_N = (max_len - lens_N).clamp(max=cfg.max_new_tokens)  # (N,)
+    if bool((budget_N < 1).any()):
+        raise ValueError(f"prompt of {int(lens_N.max())} tokens leaves no room under model.max_seq_len={max_len}")
+    C = int(budget_N.max())
+    cache = model.new_cache(B, min(P + C, max_len))
+    logits_BV = model(ids_BP, positions_from_mask(mask_BP), mask_BP, cache).logits_BTV[:, -1]  # (B, V)
+    if repeats > 1:
+        cache.keep_rows(torch.arange(B).repeat_interleave(repeats))
+    logits_NV = logits_BV.repeat_interleave(repeats, dim=0)  # (N, V)
+    prefill_s = time.perf_counter() - t0
+
+    ids_NP = ids_BP.repeat_interleave(repeats, dim=0)  # (N, P)
+    key_mask = mask_BP.repeat_interleave(repeats, dim=0)  # (rows in the cache, S)
+    next_pos = lens_N.clone()  # (rows in the cache,) position of the next token
+    rows = torch.arange(N)  # which of the N rows the cache holds, in order
+    out_tok = torch.full((N, C), pad_id, dtype=torch.long)  # (N, C)
+    out_logp = torch.zeros(N, C)
+    out_ent = torch.zeros(N, C)
+    valid = torch.zeros(N, C, dtype=torch.bool)
+    alive = torch.ones(N, dtype=torch.bool)  # (N,) neither ended nor out of budget
+    ended = torch.zeros(N, dtype=torch.bool)  # (N,) sampled eos
+    t = 0
+    for t in range(C):
+        token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
+        out_tok[:, t] = torch.where(alive, token_N, pad_id)
+        out_logp[:, t] = torch.where(alive, logp_N, 0.0)
+        out_ent[:, t] = torch.where(alive, ent_N, 0.0)
+        valid[:, t] = alive  # the eos token itself counts; what follows it does not
+        ended |= alive & (token_N == eos_id)
+        key_mask = torch.cat([key_mask, alive[rows][:, None]], dim=1)
+        alive = alive & ~ended & (t + 1 < budget_N)
+        if not alive.any():
             break
-        logits = model(token[:, None], next_pos[:, None], mask, cache).logits_BTV[:, -1]
+        keep = alive[rows]
+        if cache.length + 1 > max_len:
+            # The cache is full although some rows have budget left (their prompts are shorter
+            # than the longest): drop the left-padding columns they all share and prefill again.
+            rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
+            seq = torch.cat([ids_NP[rows], out_tok[rows, : t + 1]], dim=1)  # (R, S)
+            shift = int((~key_mask).long().cumprod(-1).sum(-1).min())  # shared leading padding
+            seq, key_mask = seq[:, shift:], key_mask[:, shift:]
+            cache = model.new_cache(len(rows), max_len)
+            logits_R = model(seq, positions_from_mask(key_mask), key_mask, cache).logits_BTV[:, -1]
+        else:
+            if int(keep.sum()) <= 3 * len(rows) // 4:  # compact when a quarter has ended
+                rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
+                cache.keep_rows(keep.nonzero().squeeze(-1))
+            logits_R = model(out_tok[rows, t : t + 1], next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
         next_pos = next_pos + 1
+        logits_NV = logits_NV.index_copy(0, rows, logits_R.to(logits_NV.dtype))
     model.train(was_training)
-    comp_valid = torch.stack(valid, 1)  # (N, C)
-    tokens = torch.cat([ids, torch.stack(toks, 1)], dim=1)
-    completion_mask = torch.cat([torch.zeros_like(ids, dtype=torch.bool), comp_valid], dim=1)
-    logprobs = torch.cat([torch.zeros(N, P), torch.stack(logps, 1)], dim=1)
-    return Rollout(tokens, mask, completion_mask, logprobs, P, finished=~alive)
+    C_used = t + 1
+    tokens = torch.cat([ids_NP, out_tok[:, :C_used]], dim=1)
+    attention_mask = torch.cat([mask_BP.repeat_interleave(repeats, dim=0), valid[:, :C_used]], dim=1)
+    completion_mask = torch.cat([torch.zeros_like(ids_NP, dtype=torch.bool), valid[:, :C_used]], dim=1)
+    logprobs = torch.cat([torch.zeros(N, P), out_logp[:, :C_used]], dim=1)
+    entropy = torch.cat([torch.zeros(N, P), out_ent[:, :C_used]], dim=1)
+    ro = Rollout(tokens, attention_mask, completion_mask, logprobs, P, finished=ended, entropy=entropy,
+                 prefill_s=prefill_s, decode_s=time.perf_counter() - t0 - prefill_s)
+    return _fit(ro, max_len)
+
+
+def _fit(ro: Rollout, max_len: int) -> Rollout:
+    """``ro`` narrowed to ``max_len`` columns when wider: each row shifts left by up to the excess,
+    within its own left padding (every row's real tokens fit, by its budget)."""
+    excess = ro.tokens.shape[1] - max_len
+    if excess <= 0:
+        return ro
+    lead_N = ro.attention_mask.long().argmax(-1)  # (N,) leading padding of each row
+    shift_N = lead_N.clamp(max=excess)  # (N,)
+    cols = torch.arange(max_len)[None] + shift_N[:, None]  # (N, max_len)
+    take = lambda x: x.gather(1, cols)  # noqa: E731
+    return Rollout(take(ro.tokens), take(ro.attention_mask), take(ro.completion_mask), take(ro.logprobs),
+                   ro.prompt_len - int(shift_N.max()), ro.finished, take(ro.entropy) if ro.entropy is not None else None,
+                   ro.prefill_s, ro.decode_s)
+
+
+def select(ro: Rollout, rows: torch.Tensor) -> Rollout:
+    """The rollout of rows ``rows`` only (e.g. the groups that dynamic sampling keeps)."""
+    return Rollout(ro.tokens[rows], ro.attention_mask[rows], ro.completion_mask[rows], ro.logprobs[rows], ro.prompt_len,
+                   ro.finished[rows], ro.entropy[rows] if ro.entropy is not None else None, ro.prefill_s, ro.decode_s)
+
+
+def concat(ros: list[Rollout], pad_id: int, max_len: int) -> Rollout:
+    """Rows of several rollouts in one, prompts aligned at the widest prompt column (times add up)."""
+    P = max(r.prompt_len for r in ros)
+    C = max(r.tokens.shape[1] - r.prompt_len for r in ros)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("tokens", "attention_mask", "completion_mask", "logprobs", "entropy")}
+    for r in ros:
+        pad = (P - r.prompt_len, C - (r.tokens.shape[1] - r.prompt_len))
+        parts["tokens"].append(F.pad(r.tokens, pad, value=pad_id))
+        ent = r.entropy if r.entropy is not None else torch.zeros_like(r.logprobs)
+        for k, x in (("attention_mask", r.attention_mask), ("completion_mask", r.completion_mask), ("logprobs", r.logprobs), ("entropy", ent)):
+            parts[k].append(F.pad(x, pad))
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    ro = Rollout(cat["tokens"], cat["attention_mask"], cat["completion_mask"], cat["logprobs"], P,
+                 torch.cat([r.finished for r in ros]), cat["entropy"], sum(r.prefill_s for r in ros), sum(r.decode_s for r in ros))
+    return _fit(ro, max_len)
 
 
 def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,3 +206,13 @@ def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: to
     logp_all = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1)  # (N, T-1, V)
     logp = logp_all.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (N, T-1)
     return F.pad(logp, (1, 0)), out.aux_loss
+
+
+def policy_logprobs_entropy(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``policy_logprobs`` plus the entropy (N, T) of each position's temperature-scaled
+    distribution (0 at t=0), with gradients: for an entropy bonus."""
+    out = model(tokens, positions_from_mask(attention_mask), attention_mask)
+    logp_all = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1)  # (N, T-1, V)
+    logp = logp_all.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (N, T-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, T-1)
+    return F.pad(logp, (1, 0)), F.pad(entropy, (1, 0)), out.aux_loss

@@ -44,6 +44,10 @@ class LatentCache:
         self.k_rope[layer, :, start:end] = kr_BTd
         return self.latent[layer, :, :end], self.k_rope[layer, :, :end]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (in that order, repeats allowed), as ``KVCache.keep_rows``."""
+        self.latent, self.k_rope = self.latent[:, rows], self.k_rope[:, rows]
+
     def bytes_per_token(self) -> int:
         """Cache bytes per token over all layers."""
         L, _, _, r = self.latent.shape

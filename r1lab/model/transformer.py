@@ -47,6 +47,11 @@ class KVCache:
         self.v[layer, :, :, start:end] = v_BHTd
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (in that order, repeats allowed): finished rows leave the
+        decode batch, a prefilled prompt is copied to its group."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
     def bytes_per_token(self) -> int:
         """Cache bytes per token over all layers (keys and values)."""
         L, _, H, _, d = self.k.shape

@@ -1,9 +1,12 @@
-"""GRPO with verifiable rewards only: the DeepSeek-R1-Zero recipe (arXiv:2501.12948, sec. 2.2).
+"""RL with verifiable rewards: the DeepSeek-R1-Zero recipe (arXiv:2501.12948, sec. 2.2) and the
+GRPO family after it (Dr. GRPO, DAPO, GSPO, CISPO, SAPO, RLOO, REINFORCE++), chosen in config.
 
 One linear loop: sample G completions for each of B train prompts with the policy itself (same
-model code as training, KV cache), score them with the task's rule-based rewards, turn rewards into
-group-normalised advantages, take the clipped policy-gradient step, and log, checkpoint and
-periodically evaluate. The maths lives in ``r1lab.rl``; this file only wires it.
+model code as training, KV cache; with DAPO dynamic sampling, redraw until B groups carry signal),
+score them with the task's rule-based rewards (plus any extra reward functions), turn rewards into
+advantages, take mu passes of clipped policy-gradient steps over mini-batches (accumulating over
+micro-batches), and log, checkpoint and periodically evaluate. The maths lives in ``r1lab.rl``;
+this file only wires it.
 """
 
 from __future__ import annotations
@@ -12,29 +15,112 @@ import copy
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from r1lab import checkpoint, lora, rl, rollout, tracking
-from r1lab.config import Config, EvalConfig
+from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
 from r1lab.recipes import common
 from r1lab.recipes.eval import evaluate_model
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
+from r1lab.tasks.base import Example
+
+
+def _think_present(completion: str, example: Example) -> float:
+    """1 when a non-empty <think> block opens the completion (R1 asks to show the reasoning)."""
+    head, sep, _ = completion.partition("</think>")
+    return 1.0 if sep and head.strip().startswith("<think>") and head.strip() != "<think>" else 0.0
+
+
+def _chars(completion: str, example: Example) -> float:
+    """Completion length in hundreds of characters; a negative weight makes it a length penalty."""
+    return len(completion) / 100.0
+
+
+REWARDS: dict[str, Callable[[str, Example], float]] = {"think_present": _think_present, "chars": _chars}
+"extra reward functions: plain ``(completion text, example) -> float``, chosen by rl.extra_rewards"
+
+
+def loss_settings(r: RLConfig) -> rl.LossSettings:
+    return rl.LossSettings(r.loss_type, r.clip_eps, r.clip_eps_high or r.clip_eps, r.dual_clip, r.sapo_tau_pos,
+                           r.sapo_tau_neg, r.aggregation, norm_len=r.sample.max_new_tokens)
+
+
+def reward_components(texts: list[str], examples: list[Example], ro: rollout.Rollout, task, r: RLConfig, weights: RewardWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
+    """(total reward (N,), the components (N,) that add up to it by name, the task's Scores).
+
+    ``task`` is the task's own R1 reward (format and correctness, combined as ``task.score``
+    defines); the others are added to it, each already weighted."""
+    scores = [task.score(text, ex, weights) for text, ex in zip(texts, examples)]
+    total = torch.tensor([s.reward for s in scores])  # (N,) the task's own reward, unchanged by default
+    parts = {"task": total}
+    if r.overlong == "soft":
+        buffer = r.overlong_buffer or max(1, r.sample.max_new_tokens // 5)
+        parts["overlong"] = r.overlong_weight * rl.soft_overlong_penalty(ro.completion_lengths, r.sample.max_new_tokens, buffer)
+        total = total + parts["overlong"]
+    for name, w in zip(r.extra_rewards, r.extra_reward_weights):
+        parts[name] = torch.tensor([w * REWARDS[name](text, ex) for text, ex in zip(texts, examples)])
+        total = total + parts[name]
+    return total, parts, scores
+
+
+def _chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return list(rows.split(size)) if size > 0 else [rows]
+
+
+def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask: torch.Tensor, old_logp: torch.Tensor, adv_N: torch.Tensor,
+                       ref_logp: torch.Tensor | None, is_weight: torch.Tensor | None, r: RLConfig, settings: rl.LossSettings,
+                       stats: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate the gradient of mini-batch ``mb`` (row indices) over micro-batches of
+    ``r.micro_batch_size`` rows; the shares add up to the mini-batch's loss (``rl.aggregate``).
+    Returns (the mini-batch loss, detached; |trainer - sampler| log-prob of its completion tokens)
+    and adds token-weighted metric sums to ``stats``."""
+    N = ro.tokens.shape[0]
+    mb_mask = loss_mask[mb]
+    totals = (float(mb_mask.sum()), float((mb_mask.sum(-1) > 0).sum()))
+    mb_loss, mismatch = torch.zeros(()), []
+    for micro in _chunks(mb, r.micro_batch_size):
+        rows = slice(None) if len(micro) == N else micro  # the whole batch: no copy
+        if r.entropy_coef > 0:
+            logp, ent, aux = rollout.policy_logprobs_entropy(policy, ro.tokens[rows], ro.attention_mask[rows], r.sample.temperature)
+        else:
+            (logp, aux), ent = rollout.policy_logprobs(policy, ro.tokens[rows], ro.attention_mask[rows], r.sample.temperature, r.logprob_chunk), None
+        mismatch.append((logp.detach() - ro.logprobs[rows])[ro.completion_mask[rows]].abs())
+        kl_loss = ref_logp is not None and not r.kl_in_reward
+        out = rl.policy_loss(logp, old_logp[rows], adv_N[rows], loss_mask[rows], r.clip_eps, ref_logp[rows] if kl_loss else None,
+                             r.kl_coef if kl_loss else 0.0, settings, r.kl_estimator,
+                             is_weight[rows] if is_weight is not None else None, ent, r.entropy_coef, totals)
+        share = len(micro) / len(mb)  # MoE aux loss is a mean per forward: weight it by rows
+        loss = out.loss + aux if share == 1.0 else out.loss + aux * share
+        loss.backward()
+        mb_loss = mb_loss + out.loss.detach()
+        n_tok = float(loss_mask[rows].sum())
+        for key, v in (("clip_low", out.clip_low_frac), ("clip_high", out.clip_high_frac), ("kl", out.kl), ("ratio", out.ratio_mean), ("entropy", out.entropy)):
+            stats[key] += v * n_tok
+        stats["tokens"] += n_tok
+    return mb_loss, torch.cat(mismatch)
 
 
 def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     """Train from the checkpoint at ``init``; checkpoints go to ``run_dir``; returns the last one."""
     r = cfg.rl
+    unknown = [n for n in r.extra_rewards if n not in REWARDS]
+    if unknown:
+        raise common.StageError(f"rl.extra_rewards: unknown reward {unknown[0]!r}; known: {sorted(REWARDS)}")
     common.seed_everything(cfg.seed, cfg.threads)
     tok = common.load_tokenizer(init)
     task = get_task(cfg.task, seed=cfg.seed)
     weights = RewardWeights(format=r.format_weight, correct=r.correct_weight, partial=r.partial_weight)
+    settings = loss_settings(r)
     policy, init_ckpt = common.load_model(init)
     if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
         lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
-    # The reference policy is the starting point, frozen; only kept when the KL term uses it.
+    G, max_len = r.group_size, policy.cfg.max_seq_len
+    # The reference policy is the starting point, frozen; only built when the KL term uses it
+    # (with LoRA it is the policy itself with its adapters switched off: no second copy).
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
     opt = common.make_optimizer(policy, r.lr, r.weight_decay)
     data_rng = random.Random(cfg.seed)
@@ -50,7 +136,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
         print(f"resuming RL from {ckpt.path} (step {start})")
         if start >= r.steps:
             return ckpt.path
-    print(f"rl: GRPO on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {r.group_size} samples")
+    print(f"rl: {r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
     last_path = ckpt.path if ckpt is not None else init_ckpt.path
@@ -62,66 +148,161 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t0 = time.perf_counter()
             common.set_lr(opt, r.lr * min(1.0, (step + 1) / max(1, r.warmup_steps)))
 
-            # 1. Sample G completions per prompt with the current policy.
-            examples = [task.sample(data_rng, "train") for _ in range(r.prompts_per_step)]
-            prompts = [tok.prompt_ids(ex.question) for ex in examples for _ in range(r.group_size)]
-            ro = rollout.sample(policy, prompts, r.sample, tok.eos_id, tok.pad_id, sample_gen)
+            # 1. Sample G completions per prompt with the current policy; 2. score them. With DAPO
+            # dynamic sampling, draw again until B groups whose rewards differ are kept (or the cap).
+            kept: list[tuple[list[Example], rollout.Rollout, list[str], torch.Tensor, dict, list]] = []
+            n_kept, drawn, rounds, t_score = 0, 0, 0, 0.0
+            while True:
+                examples = [task.sample(data_rng, "train") for _ in range(r.prompts_per_step)]
+                ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, sample_gen, repeats=G)
+                ts = time.perf_counter()
+                row_examples = [ex for ex in examples for _ in range(G)]
+                texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(row_examples))]
+                total, parts, scores = reward_components(texts, row_examples, ro, task, r, weights)
+                t_score += time.perf_counter() - ts
+                rounds, drawn = rounds + 1, drawn + len(examples)
+                if not r.dynamic_sampling:
+                    kept.append((row_examples, ro, texts, total, parts, scores))
+                    break
+                useful = ~rl.zero_variance_groups(total, G)  # (B,)
+                take = useful.nonzero().squeeze(-1)[: r.prompts_per_step - n_kept]
+                if len(take) or (rounds >= r.max_sample_rounds and not kept):
+                    if not len(take):
+                        take = torch.arange(len(examples))  # nothing useful at all: train on the last draw (no signal)
+                    rows = (take[:, None] * G + torch.arange(G)).reshape(-1)
+                    kept.append(([row_examples[i] for i in rows], rollout.select(ro, rows), [texts[i] for i in rows],
+                                 total[rows], {k: v[rows] for k, v in parts.items()}, [scores[i] for i in rows]))
+                    n_kept += len(take)
+                if n_kept >= r.prompts_per_step or rounds >= r.max_sample_rounds:
+                    break
+            if len(kept) == 1:
+                row_examples, ro, texts, rewards_N, parts, scores = kept[0]
+            else:
+                row_examples = [e for k in kept for e in k[0]]
+                ro = rollout.concat([k[1] for k in kept], tok.pad_id, max_len)
+                texts = [t for k in kept for t in k[2]]
+                rewards_N = torch.cat([k[3] for k in kept])
+                parts = {name: torch.cat([k[4][name] for k in kept]) for name in kept[0][4]}
+                scores = [s for k in kept for s in k[5]]
             t_sample = time.perf_counter() - t0
 
-            # 2. Score with verifiable rewards; 3. group-normalised advantages.
-            texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(prompts))]
-            scores = [task.score(text, examples[i // r.group_size], weights) for i, text in enumerate(texts)]
-            rewards_N = torch.tensor([s.reward for s in scores])  # (B*G,)
-            adv_N = rl.group_advantages(rewards_N, r.group_size, scale=r.scale_rewards)  # (B*G,)
+            # Reference log-probs (only with a KL term), on the sampled tokens.
+            t1 = time.perf_counter()
             ref_logp = None
             if r.kl_coef > 0:
                 with torch.no_grad(), lora.disabled(policy):
-                    ref_logp, _ = rollout.policy_logprobs(ref if ref is not None else policy, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
+                    ref_logp, _ = rollout.policy_logprobs(ref if ref is not None else policy, ro.tokens, ro.attention_mask,
+                                                          r.sample.temperature, r.logprob_chunk)
+                if r.kl_in_reward:
+                    kl_N = (rl.kl_estimate(ro.logprobs, ref_logp, r.kl_estimator) * ro.completion_mask).sum(-1)  # (N,)
+                    parts["kl"] = -r.kl_coef * kl_N
+                    rewards_N = rewards_N + parts["kl"]
+            t_ref = time.perf_counter() - t1
 
-            # 4. Clipped policy-gradient update(s) on this batch.
-            t1 = time.perf_counter()
-            load_LE = None
+            # 3. Advantages; the loss mask drops truncated completions under DAPO's overlong filter.
+            adv_N = rl.advantages(rewards_N, G, r.advantage, r.scale_rewards)  # (N,)
+            loss_mask = ro.completion_mask
+            if r.overlong == "mask":
+                loss_mask = loss_mask & ro.finished[:, None]
+            N = len(rewards_N)
+
+            # Old log-probs: the sampler's (the same model code and weights), or with truncated
+            # importance sampling the trainer's, weighted by min(pi_trainer / pi_sampler, cap).
+            old_logp, is_weight, mismatch = ro.logprobs, None, None
+            t2 = time.perf_counter()
+            if r.tis_cap > 0:
+                with torch.no_grad():
+                    old_logp = torch.cat([rollout.policy_logprobs(policy, ro.tokens[m], ro.attention_mask[m], r.sample.temperature, r.logprob_chunk)[0]
+                                          for m in _chunks(torch.arange(N), r.micro_batch_size)])
+                is_weight = torch.exp(old_logp - ro.logprobs).clamp(max=r.tis_cap)  # (N, T)
+                mismatch = (old_logp - ro.logprobs)[ro.completion_mask].abs()
+
+            # 4. mu passes over the batch; each pass splits whole groups into mini-batches (one
+            # optimizer step each) and each mini-batch into micro-batches (gradient accumulation).
+            n_groups = N // G
+            n_mini = min(r.mini_batches, n_groups)
+            stats = {"clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "ratio": 0.0, "entropy": 0.0, "tokens": 0.0}
+            losses, grad_norm, bad, t_fb, t_opt, train_tokens = [], float("nan"), None, 0.0, 0.0, 0
+            # Optimizer steps before this RL step (each takes updates_per_batch x mini-batches): the
+            # clock of the aux-free bias's stop step, the same after a resume.
+            opt_steps, load_LE = step * r.updates_per_batch * min(r.mini_batches, r.prompts_per_step), None
             for update in range(r.updates_per_batch):
-                logp, aux = rollout.policy_logprobs(policy, ro.tokens, ro.attention_mask, r.sample.temperature, r.logprob_chunk)
-                if update == 0:  # sampler and trainer ran the same weights: their log-probs must agree
-                    mismatch = (logp.detach() - ro.logprobs)[ro.completion_mask].abs()
-                out = rl.policy_loss(logp, ro.logprobs, adv_N, ro.completion_mask, r.clip_eps, ref_logp, r.kl_coef)
-                loss = out.loss + aux
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                bad = common.nonfinite_guard(loss, policy)  # NaN/Inf: skip the rest of this batch's updates
+                if n_mini > 1:  # shuffle groups, seeded by (seed, step, pass): resumes identically
+                    perm = torch.randperm(n_groups, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + step * 1_009 + update))
+                else:
+                    perm = torch.arange(n_groups)
+                for mb_groups in perm.tensor_split(n_mini):
+                    mb = (mb_groups[:, None] * G + torch.arange(G)).reshape(-1).sort().values  # (rows,)
+                    tf = time.perf_counter()
+                    opt.zero_grad(set_to_none=True)
+                    mb_loss, first = backward_minibatch(policy, ro, mb, loss_mask, old_logp, adv_N, ref_logp, is_weight, r, settings, stats)
+                    if update == 0 and mismatch is None and not losses:  # same weights as the sampler: must agree
+                        mismatch = first
+                    train_tokens += int(ro.attention_mask[mb].sum())
+                    t_fb += time.perf_counter() - tf
+                    to = time.perf_counter()
+                    bad = common.nonfinite_guard(mb_loss, policy)  # NaN/Inf: skip the rest of this batch's updates
+                    if bad is not None:
+                        grad_norm = float("nan")
+                        moe.after_optimizer_step(policy, 0, stepped=False)  # drop this pass's expert load
+                        break
+                    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), r.grad_clip if r.grad_clip > 0 else float("inf"))
+                    opt.step()
+                    opt_steps += 1
+                    load_LE = moe.after_optimizer_step(policy, opt_steps)  # aux-free bias: once per optimizer step
+                    t_opt += time.perf_counter() - to
+                    losses.append(float(mb_loss))
                 if bad is not None:
-                    grad_norm = float("nan")
-                    moe.after_optimizer_step(policy, 0, stepped=False)  # drop this pass's expert load
                     break
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), r.grad_clip if r.grad_clip > 0 else float("inf"))
-                opt.step()
-                load_LE = moe.after_optimizer_step(policy, step * r.updates_per_batch + update + 1)  # aux-free bias update
-            t_train = time.perf_counter() - t1
+            t_train = time.perf_counter() - t2
 
             lengths = ro.completion_lengths.float()
-            groups = rewards_N.view(-1, r.group_size)
+            groups = rewards_N.view(-1, G)
+            n_tok = max(stats["tokens"], 1.0)
             metrics = {
                 "rollout/reward_mean": float(rewards_N.mean()),
                 "rollout/reward_std": float(rewards_N.std()),
+                **{f"reward/{k}_mean": float(v.mean()) for k, v in parts.items()},
+                **{f"reward/{k}_std": float(v.std()) for k, v in parts.items()},
+                **{f"reward/{k}_mean": float(torch.tensor([getattr(s, k) for s in scores]).mean()) for k in ("format", "correct")},
                 "rollout/format_rate": sum(s.format for s in scores) / len(scores),
                 "rollout/correct_rate": sum(s.correct for s in scores) / len(scores),
                 "rollout/zero_var_group_frac": float((groups.std(dim=1) == 0).float().mean()),
                 "rollout/mean_len": float(lengths.mean()),
+                "rollout/max_len": float(lengths.max()),
                 "rollout/truncated_frac": float((~ro.finished).float().mean()),
-                "rollout/tokens_per_s": float(lengths.sum()) / t_sample,
-                "rollout/logp_mismatch_max": float(mismatch.max()) if mismatch.numel() else 0.0,
-                "train/loss": out.loss.item(),
-                "train/kl": out.kl,
-                "train/clip_frac": out.clip_frac,
+                "rollout/entropy": float(ro.entropy[ro.completion_mask].mean()) if ro.entropy is not None else 0.0,
+                "rollout/tokens_per_s": float(lengths.sum()) / max(ro.prefill_s + ro.decode_s, 1e-9),
+                "rollout/logp_mismatch_max": float(mismatch.max()) if mismatch is not None and mismatch.numel() else 0.0,
+                "rollout/logp_mismatch_mean": float(mismatch.mean()) if mismatch is not None and mismatch.numel() else 0.0,
+                "train/loss": losses[-1] if losses else float("nan"),
+                "train/kl": stats["kl"] / n_tok,
+                "train/clip_frac": (stats["clip_low"] + stats["clip_high"]) / n_tok,
+                "train/clip_low_frac": stats["clip_low"] / n_tok,
+                "train/clip_high_frac": stats["clip_high"] / n_tok,
+                "train/ratio_mean": stats["ratio"] / n_tok,
                 "train/grad_norm": float(grad_norm),
                 "train/lr": opt.param_groups[0]["lr"],
+                "train/optimizer_steps": len(losses),
+                "train/tokens_per_s": train_tokens / max(t_fb, 1e-9),
                 "train/skipped_nonfinite": int(bad is not None),
                 "time/sample_s": t_sample,
+                "time/prefill_s": ro.prefill_s,
+                "time/decode_s": ro.decode_s,
+                "time/score_s": t_score,
+                "time/ref_s": t_ref,
+                "time/forward_backward_s": t_fb,
+                "time/optimizer_s": t_opt,
                 "time/train_s": t_train,
                 **moe.balance_metrics(policy, load_LE),
             }
             loads.log(step + 1, load_LE)
+            if r.entropy_coef > 0:
+                metrics["train/entropy"] = stats["entropy"] / n_tok
+            if r.dynamic_sampling:
+                metrics["rollout/groups_drawn_per_kept"] = drawn / max(n_kept, 1)
+                metrics["rollout/sample_rounds"] = rounds
+                metrics["rollout/groups_kept"] = n_kept
             if r.eval_every and ((step + 1) % r.eval_every == 0 or step + 1 == r.steps):
                 res = evaluate_model(policy, tok, task, eval_cfg, weights, desc="rl eval")
                 metrics["eval/pass@1"] = res.metrics["pass@1"]

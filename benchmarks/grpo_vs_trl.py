@@ -1,0 +1,176 @@
+"""TRL's GRPOTrainer against r1lab's GRPO on identical work, in one run.
+
+    python benchmarks/grpo_vs_trl.py [--threads 2] [--steps 5] [--trl-configs default,no_ckpt]
+
+The work (issue 12): a Qwen2-architecture dense model (hidden 256, 4 layers, 4 heads, 4 KV heads,
+intermediate 768, tied embeddings, r1lab's character vocabulary) with the same initial weights on
+both sides (r1lab's init copied tensor by tensor into a ``Qwen2ForCausalLM`` with zero q/k/v
+biases), `chain` prompts, 8 prompts x 8 completions per step, at most 48 new tokens, temperature
+1, beta 0, one update per batch, lr 1e-5, fp32, the same thread count. Both score with the task's
+R1 rewards (TRL's reward function decodes the completion ids with r1lab's tokenizer).
+
+Printed: seconds per step (median over steps after the first), completion tokens per second,
+r1lab's step broken down (prefill, decode, scoring, forward/backward, optimizer), and the step's
+FLOP floor: 2N FLOPs per prompt token (prefilled once per prompt) and per sampled token, plus 6N
+per token of every trained row (prompt and completion, unpadded), over the fp32 matmul rate this
+script measures (N = matmul parameters, the tied output head included). TRL is run as a new user
+would (its defaults, gradient checkpointing on) and, with ``no_ckpt``, without gradient
+checkpointing. Last line: one JSON object, ratios first (``speedup_vs_trl`` against TRL's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from qwen2_copy import BENCH_MODEL, check, hf_tokenizer, to_qwen2
+from r1lab import checkpoint
+from r1lab.config import Config, RLConfig, SampleConfig
+from r1lab.model.transformer import Transformer
+from r1lab.recipes import common
+from r1lab.recipes import rl as rl_recipe
+from r1lab.rewards import RewardWeights
+from r1lab.tasks import get_task
+from r1lab.tokenizer import CharTokenizer
+from r1lab.tracking import read_metrics
+
+PROMPTS, GROUP, NEW_TOKENS, LR = 8, 8, 48, 1e-5
+
+
+def matmul_rate(threads: int) -> float:
+    """Best fp32 matmul FLOP/s over the shapes of this model's step."""
+    torch.set_num_threads(threads)
+    best = 0.0
+    for m, k, n in ((4096, 256, 768), (4096, 768, 256), (4096, 256, 256), (512, 256, 768)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        reps = 20
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t))
+    return best
+
+
+def run_r1lab(init_dir: Path, out: Path, steps: int, threads: int) -> list[dict]:
+    cfg = Config(task="chain", model=BENCH_MODEL, threads=threads, tensorboard=False, save_every=10_000, seed=0,
+                 rl=RLConfig(steps=steps, prompts_per_step=PROMPTS, group_size=GROUP, lr=LR, warmup_steps=1, eval_every=0,
+                             kl_coef=0.0, updates_per_batch=1, sample=SampleConfig(temperature=1.0, max_new_tokens=NEW_TOKENS)))
+    rl_recipe.run(cfg, out, init_dir)
+    return read_metrics(out / "metrics.jsonl")
+
+
+def run_trl(model: Transformer, tok: CharTokenizer, out: Path, steps: int, threads: int, grad_ckpt: bool) -> tuple[list[float], list[float]]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    task = get_task("chain")
+    rng = random.Random(0)
+    rows = [task.sample(rng, "train") for _ in range(PROMPTS * (steps + 2))]
+    data = Dataset.from_list([{"prompt": "<bos>" + tok.decode(tok.prompt_ids(ex.question)[1:]), "question": ex.question, "answer": ex.answer,
+                               "solution": ex.solution} for ex in rows])
+    weights = RewardWeights()
+
+    def r1_reward(completions, completion_ids, question, answer, solution, **kw):
+        from r1lab.tasks.base import Example
+        return [task.score(tok.decode_completion(ids), Example(q, a, s), weights).reward for ids, q, a, s in zip(completion_ids, question, answer, solution)]
+
+    lengths: list[float] = []
+
+    def length_reward(completions, completion_ids, **kw):  # weight 0: only records lengths
+        lengths.append(sum(len(ids) for ids in completion_ids) / len(completion_ids))
+        return [0.0] * len(completions)
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP, max_completion_length=NEW_TOKENS,
+                      temperature=1.0, top_k=0, top_p=1.0, beta=0.0, learning_rate=LR, num_iterations=1, max_steps=steps, logging_steps=1,
+                      report_to=[], save_strategy="no", use_cpu=True, bf16=False, fp16=False, seed=0, gradient_checkpointing=grad_ckpt,
+                      scale_rewards="group", reward_weights=[1.0, 0.0], disable_tqdm=True, dataloader_num_workers=0)
+    hf = to_qwen2(model)
+    trainer = GRPOTrainer(model=hf, reward_funcs=[r1_reward, length_reward], args=args, train_dataset=data,
+                          processing_class=hf_tokenizer(tok), callbacks=[StepTimer()])
+    torch.set_num_threads(threads)
+    trainer.train()
+    return times, lengths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5, help="steps per side; the first is warm-up")
+    ap.add_argument("--trl-configs", default="default,no_ckpt", help="comma list of: default (TRL's defaults), no_ckpt (no gradient checkpointing)")
+    args = ap.parse_args()
+    os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
+    tok = CharTokenizer.build()
+    torch.manual_seed(0)
+    model = Transformer(BENCH_MODEL, tok.vocab_size)
+    n_matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)  # every Linear + the tied head
+    assert check(model, to_qwen2(model), tok.prompt_ids("1+2")) < 1e-4
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        init = checkpoint.save(tmp / "init", 0, model, state=common.model_state(model))
+        rows = run_r1lab(init, tmp / "r1lab", args.steps, args.threads)
+        trl = {}
+        for name in args.trl_configs.split(","):
+            trl[name] = run_trl(model, tok, tmp / f"trl-{name}", args.steps, args.threads, grad_ckpt=(name == "default"))
+    rate = matmul_rate(args.threads)
+
+    # r1lab: wall time between logged steps (the first step's includes nothing before it: skip it).
+    walls = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])]
+    step_s = statistics.median(walls)
+    med = lambda key: statistics.median(r[key] for r in rows[1:])  # noqa: E731
+    # FLOP floor of an r1lab step: its prompts (same data stream as the run) and its lengths.
+    task, data_rng = get_task("chain"), random.Random(0)
+    floors = []
+    for r in rows:
+        prompt_lens = [len(tok.prompt_ids(task.sample(data_rng, "train").question)) for _ in range(PROMPTS)]
+        completion = r["rollout/mean_len"] * PROMPTS * GROUP
+        flops = 2 * n_matmul * (sum(prompt_lens) + completion) + 6 * n_matmul * (GROUP * sum(prompt_lens) + completion)
+        floors.append(flops / rate)
+    floor_s = statistics.median(floors[1:])
+    r1_tps = med("rollout/mean_len") * PROMPTS * GROUP / step_s
+
+    print(f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens, threads {args.threads}, median of steps 2..{args.steps}")
+    print(f"model: Qwen2 architecture 4 x 256, {n_matmul / 1e6:.2f} M matmul parameters; fp32 matmul rate {rate / 1e9:.0f} GFLOP/s")
+    print(f"{'':34s} {'s/step':>8s} {'completion tok/s':>17s} {'mean len':>9s}")
+    print(f"{'r1lab GRPO':34s} {step_s:8.3f} {r1_tps:17.0f} {med('rollout/mean_len'):9.1f}")
+    out = {}
+    for name, (times, lengths) in trl.items():
+        t = statistics.median(times[1:])
+        mean_len = statistics.median(lengths[1:]) if len(lengths) > 1 else float("nan")
+        print(f"{'TRL GRPOTrainer (' + name + ')':34s} {t:8.3f} {mean_len * PROMPTS * GROUP / t:17.0f} {mean_len:9.1f}")
+        out[name] = t
+    print("r1lab step breakdown (median s): " + ", ".join(f"{k.split('/')[1][:-2]} {med(k):.3f}" for k in
+          ("time/prefill_s", "time/decode_s", "time/score_s", "time/forward_backward_s", "time/optimizer_s")))
+    print(f"FLOP floor of the step: {floor_s:.3f} s; r1lab step / floor {step_s / floor_s:.2f}")
+    result = {"speedup_vs_trl": round(out["default"] / step_s, 2) if "default" in out else None,
+              "speedup_vs_trl_no_ckpt": round(out["no_ckpt"] / step_s, 2) if "no_ckpt" in out else None,
+              "step_over_floor": round(step_s / floor_s, 2), "r1lab_step_s": round(step_s, 4),
+              **{f"trl_{k}_step_s": round(v, 4) for k, v in out.items()}, "floor_s": round(floor_s, 4),
+              "matmul_gflops": round(rate / 1e9, 1), "prefill_s": round(med("time/prefill_s"), 4), "decode_s": round(med("time/decode_s"), 4),
+              "score_s": round(med("time/score_s"), 4), "forward_backward_s": round(med("time/forward_backward_s"), 4),
+              "optimizer_s": round(med("time/optimizer_s"), 4), "threads": args.threads, "steps": args.steps}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
