@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -86,7 +87,6 @@ def main() -> None:
                                     "pretrain": {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": min(50, max(1, args.steps // 10))}})
             if checkpoint.latest_step(run_dir) != args.steps:  # a finished arm is reused, a partial one restarted
                 if run_dir.exists():
-                    import shutil
                     shutil.rmtree(run_dir)
                 common.prepare_run_dir(run_dir, cfg)
                 t0 = time.perf_counter()
