@@ -65,13 +65,13 @@ def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generat
         return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1), -(logp_NV.exp() * logp_NV).sum(-1)
     logp_NV = F.log_softmax(logits_NV.float() / cfg.temperature, dim=-1)
     probs = logp_NV.exp()
+    entropy_N = -(probs * logp_NV).sum(-1)  # of the temperature-scaled distribution
     if cfg.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         outside = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     token_N = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-    entropy_N = -(logp_NV.exp() * logp_NV).sum(-1)  # of the temperature-scaled distribution
     return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1), entropy_N
 
 

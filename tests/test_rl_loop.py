@@ -91,6 +91,8 @@ def test_every_switch_at_once_runs_logs_and_learns(base_run, tmp_path):
     for row in rows:
         assert row["train/optimizer_steps"] in (2 * min(2, row["rollout/groups_kept"]), 0) or row["rollout/groups_kept"] == 0
         assert row["rollout/groups_drawn_per_kept"] >= 1.0 and row["rollout/sample_rounds"] <= 3
+        if row["rollout/groups_kept"] == 2:  # a full batch holds only groups with a learning signal
+            assert row["rollout/zero_var_group_frac"] == 0.0
         assert row["rollout/logp_mismatch_max"] < 1e-3
         parts = sum(row[f"reward/{k}_mean"] for k in ("task", "overlong", "think_present", "chars"))
         assert row["rollout/reward_mean"] == pytest.approx(parts, abs=1e-5)

@@ -167,12 +167,12 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 useful = ~rl.zero_variance_groups(total, G)  # (B,)
                 take = useful.nonzero().squeeze(-1)[: r.prompts_per_step - n_kept]
                 if len(take) or (rounds >= r.max_sample_rounds and not kept):
+                    n_kept += len(take)
                     if not len(take):
                         take = torch.arange(len(examples))  # nothing useful at all: train on the last draw (no signal)
                     rows = (take[:, None] * G + torch.arange(G)).reshape(-1)
                     kept.append(([row_examples[i] for i in rows], rollout.select(ro, rows), [texts[i] for i in rows],
                                  total[rows], {k: v[rows] for k, v in parts.items()}, [scores[i] for i in rows]))
-                    n_kept += len(take)
                 if n_kept >= r.prompts_per_step or rounds >= r.max_sample_rounds:
                     break
             if len(kept) == 1:
