@@ -94,6 +94,10 @@ def test_humaneval_other_correct_forms_and_attacks(humaneval):
     assert humaneval.check(always_equal, by_id["HumanEval/0"]) == 0.0
     exits_early = "import sys\nsys.exit(0)\n"
     assert humaneval.check(exits_early, by_id["HumanEval/0"]) == 0.0
+    # a float answer within the tests' own 1e-6 passes; an int where an int is expected must be an int
+    truncate = "def truncate_number(number):\n    return (number - int(number)) + 1e-9\n"
+    assert humaneval.check(truncate, by_id["HumanEval/2"]) == 1.0
+    assert humaneval.check("def truncate_number(number):\n    return (number - int(number)) + 1e-3\n", by_id["HumanEval/2"]) == 0.0
 
 
 def test_task_registry_and_strip_fences():

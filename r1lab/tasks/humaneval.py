@@ -6,8 +6,10 @@ child next to the expected values and a ``"passed"`` string comes back. Here the
 never reach the child: once per process, each problem's own ``check`` is run in the sandbox with
 the *canonical* solution behind a recorder, which logs every call's arguments and result (the
 "test extraction" run; trusted code only). A submission then runs with those arguments alone
-and the judge compares its return values with the canonical ones (``values.equal``: Python
-``==`` with a 1e-6 float tolerance, as the tests' own ``abs(x - y) < 1e-6``). Four problems whose
+and the judge compares its return values with the canonical ones (``values.equal``: exact by
+type, with a 1e-6 tolerance where a float is expected, as the tests' own ``abs(x - y) < 1e-6``:
+``FLOAT_TOL``). This is stricter than some problems' asserts: ``2.0`` or ``True`` where the
+canonical solution returns ``2`` or ``1`` fails. Four problems whose
 asserts accept more than the canonical value keep their semantics with a custom comparison:
 HumanEval/32 (any root of the polynomial), HumanEval/33 and /37 (compared as tuples), and
 HumanEval/52, /56, /61 (truthiness). Unseeded randomness in tests (HumanEval/53) is fixed by
@@ -35,6 +37,8 @@ from r1lab.tasks.base import Example, Split, Task
 from r1lab.tasks.code import strip_fences
 
 LIMITS = Limits(timeout_s=10.0)
+FLOAT_TOL = 1e-6
+"absolute tolerance where a float is expected (the tests' own ``abs(x - y) < 1e-6``)"
 NO_TRAIN_SPLIT = ("task humaneval has no train split (it is an evaluation set: its canonical solutions are the test answers); "
                   "train on another task, e.g. --task code, and evaluate with --task humaneval")
 
@@ -123,7 +127,7 @@ class HumanEvalTask(Task):
                 inputs.append(ast.literal_eval(args))  # literals only: nothing is evaluated
                 expected.append(ast.literal_eval(result))
             compare = COMPARE.get(problem["task_id"])
-            kwargs = {"compare": compare} if compare else {}
+            kwargs = {"compare": compare} if compare else {"float_tol": FLOAT_TOL}
             self._tests[problem["task_id"]] = CallTests(problem["entry_point"], tuple(inputs), tuple(expected), **kwargs)
 
     def verdicts(self, answers: list[str], examples: list[Example]) -> list[Verdict]:
