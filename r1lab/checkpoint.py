@@ -43,15 +43,17 @@ checkpoint from elsewhere cannot run code), tied weights stored once and re-alia
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -86,6 +88,23 @@ class CheckpointError(RuntimeError):
 class CheckpointWarning(UserWarning):
     """A checkpoint folder was skipped (corrupt, truncated, or an unfinished save)."""
 
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and rename it to ``out`` only when the block
+    succeeds: a failure (bad input, a full disk, Ctrl-C) leaves nothing at ``out``. ``out`` must
+    be absent or an empty folder (the caller checks and says so)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # empty, checked by the caller
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 @dataclass
 class Checkpoint:

@@ -14,7 +14,7 @@ from conftest import TINY, overrides
 from r1lab.cli import main
 from r1lab.evaluate import ProblemSamples, summarize
 from r1lab.rewards import RewardWeights
-from r1lab.tasks import Example, get_task
+from r1lab.tasks import get_task
 from r1lab.tasks.base import near_duplicate_key
 
 

@@ -15,7 +15,7 @@ from hf_fixtures import hf_folder  # noqa: E402
 from r1lab.config import ModelConfig  # noqa: E402
 from r1lab.model import hf  # noqa: E402
 from r1lab.model.transformer import Transformer  # noqa: E402
-from r1lab.tokenizer import CharTokenizer, JsonTokenizer, TokenizerError  # noqa: E402
+from r1lab.tokenizer import CharTokenizer, JsonTokenizer  # noqa: E402
 
 
 def _logits_both(folder, ids):

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +28,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from r1lab.checkpoint import atomic_folder
 from r1lab.config import ModelConfig
 from r1lab.model.transformer import Transformer
 from r1lab.tokenizer import BaseTokenizer, TokenizerError
@@ -316,18 +314,10 @@ def export(model: Transformer, tok: BaseTokenizer, out_dir: str | Path, dtype: t
     special = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     config = {"architectures": [family.architecture], "model_type": family.model_type, **family.write_config(cfg, model.vocab_size),
               **special, "dtype": dtype_name, "torch_dtype": dtype_name}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         generation = {k: v for k, v in special.items() if v is not None}
         (tmp / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2), encoding="utf-8")
         tok.save_folder(tmp)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return family

@@ -9,9 +9,6 @@ temporary name and renamed into place, so a bad input leaves ``OUT_DIR`` untouch
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from r1lab import checkpoint
@@ -32,19 +29,11 @@ def main(cfg: Config) -> Path:
     model, _ = common.load_model(init)
     tok = common.load_tokenizer(init)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with checkpoint.atomic_folder(out) as tmp:
         config_lib.save(dataclasses.replace(cfg, model=model.cfg, init=init, out=str(out)), tmp / "config.yaml")
         tok.save_folder(tmp)
         state = {**common.model_state(model), "imported_from": str(Path(source).resolve())}
         checkpoint.save(tmp, 0, model, state=state)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"import: {source} -> {out} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, vocabulary {model.vocab_size}, "
           f"tokenizer {type(tok).__name__}); start a stage from it with --init {out}")
     return out

@@ -248,7 +248,7 @@ UID_ZERO = "import os\nif 0 not in os.getresuid():\n    raise PermissionError('n
 
 
 def round2_attacks(ctx: Context) -> list[Attack]:
-    E, F, C, M = Label.ERROR, Label.FAILED, Label.CRASHED, Label.MEMORY
+    E, F, M = Label.ERROR, Label.FAILED, Label.MEMORY
     fs = frozenset
     nr = _NR.get(os.uname().machine, _NR["x86_64"])
     colliding = "{\"$s\":[%s]}" % ",".join(str(k * _P61) for k in range(1, 14_000))

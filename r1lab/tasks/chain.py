@@ -58,7 +58,6 @@ class ChainTask(ProceduralTask):
         if not re.fullmatch(r"-?\d+", gold):  # a reference that is not an integer passes nothing
             return 0.0
         return 1.0 if answer.strip() == gold else 0.0
-        return 1.0 if answer.strip() == example.answer else 0.0
 
     def step_checks(self, example: Example, steps: list[str]) -> list[bool | None] | None:
         """The k-th ``a op b = c`` line is right iff it is the chain's k-th operation applied to the
