@@ -45,6 +45,7 @@ CURVE_GROUPS: list[tuple[str, str, str]] = [
     ("policy loss", "clipped surrogate loss (per token)", r"train/loss"),
     ("reward", "reward per completion (mean over the batch)", r"rollout/reward_mean|rollout/reward/.+"),
     ("reward components", "fraction of completions", r"rollout/(format_rate|correct_rate)"),
+    ("reward parts", "mean reward per completion (weighted part of the total)", r"reward/.+_mean"),
     ("held-out pass@1", "pass@1 (fraction of problems)", r"eval/pass@1"),
     ("completion length", "completion length (tokens)", r"(rollout|eval)/mean_len"),
     ("KL to the reference policy", "KL (nats/token)", r"train/kl"),
@@ -52,10 +53,12 @@ CURVE_GROUPS: list[tuple[str, str, str]] = [
     ("entropy", "entropy (nats/token)", r".*entropy.*"),
     ("zero-variance groups", "fraction of GRPO groups (no learning signal)", r"rollout/zero_var_group_frac"),
     ("throughput", "tokens/s", r".*tokens_per_s"),
-    ("expert-load balance", "max expert load / mean load", r"moe/.*"),
+    ("expert-load balance", "max expert load / mean load", r"moe/(layer\d+/)?load_max_over_mean"),
+    ("dead experts", "routed experts with no token-slot in the step", r"moe/(layer\d+/)?dead_experts"),
+    ("balancing bias", "L2 norm of the aux-free selection bias", r"moe/layer\d+/bias_norm"),
 ]
-OFF_WHEN_ZERO = ("KL to the reference policy", "clip fractions")
-"groups left out when 0 throughout: the feature was off (kl_coef 0; one update per batch cannot clip)"
+OFF_WHEN_ZERO = ("KL to the reference policy", "clip fractions", "dead experts", "balancing bias")
+"groups left out when 0 throughout: the feature was off or nothing happened (kl_coef 0; one update per batch cannot clip; no dead expert; a softmax router has no bias)"
 EVAL_COLUMNS = ("pass@", "maj@", "mean_len", "format_rate", "correct_rate", "distinct_answers")
 _SEED_RE = re.compile(r"seed[-_]?(\d+)\Z")
 
