@@ -212,3 +212,13 @@ def test_more_impossible_values_are_one_line(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_absurd_model_size_is_one_line_not_an_allocator_traceback(tmp_path, capsys):
+    from r1lab.cli import main
+
+    code = main(["pretrain", "--out", str(tmp_path / "huge"), "--model.d_model", "1000000", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("r1lab: error: model of ") and "GiB" in err and "model.d_model" in err and "Traceback" not in err
+    assert not list((tmp_path / "huge").rglob("model.safetensors"))  # nothing trained, nothing saved

@@ -153,7 +153,32 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
 
 
+TRAIN_BYTES_PER_PARAMETER = 16
+"fp32 training memory per parameter: weights, gradients and AdamW's two moments (4 bytes each)"
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can still hand out (Linux's MemAvailable; else all of it)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def new_model(model_cfg: ModelConfig, vocab_size: int) -> Transformer:
+    """A freshly initialised model, after checking that it can be trained here: its size is
+    counted on the meta device first (no memory), so an absurd ``--model.d_model`` ends in one
+    line naming the figures instead of an allocator traceback."""
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in Transformer(model_cfg, vocab_size).parameters())
+    need, have = n_params * TRAIN_BYTES_PER_PARAMETER, available_memory()
+    if need > have:
+        raise StageError(f"model of {n_params / 1e6:,.1f}M parameters needs about {need / 2**30:,.1f} GiB to train "
+                         f"(weights, gradients, AdamW state) but {have / 2**30:,.1f} GiB is available; "
+                         f"make it smaller (model.d_model, model.n_layers, model.d_ff, model.d_expert, model.n_routed_experts)")
     return Transformer(model_cfg, vocab_size)
 
 
