@@ -15,6 +15,7 @@ task-independent key; ``r1lab check-task TASK`` measures the overlap under both.
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -90,6 +91,16 @@ class Task(ABC):
         check (the default). Procedural tasks whose solutions are chains of ``a+b=c`` lines have one;
         ``r1lab label`` shows it on demand and ``--agreement`` compares labels with it."""
         return None
+
+
+STEP_RE = re.compile(r"\A\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*\Z")
+"one worked step, ``a op b = c`` with non-negative operands"
+
+
+def parse_step(line: str) -> tuple[int, str, int, int] | None:
+    """``(a, op, b, c)`` of a step line ``a op b = c``; None for any other line."""
+    m = STEP_RE.match(line)
+    return None if m is None else (int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)))
 
 
 def stable_hash(text: str) -> int:

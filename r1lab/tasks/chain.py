@@ -20,10 +20,9 @@ from __future__ import annotations
 import random
 import re
 
-from r1lab.tasks.base import Example, ProceduralTask
+from r1lab.tasks.base import Example, ProceduralTask, parse_step
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-STEP_RE = re.compile(r"\A\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*\Z")
 "one worked step, ``12*2=24`` (also read by countdown, which adds ``/``)"
 
 
@@ -72,11 +71,11 @@ class ChainTask(ProceduralTask):
         out: list[bool | None] = []
         k = 0
         for line in steps:
-            m = STEP_RE.match(line)
-            if m is None:
+            step = parse_step(line)
+            if step is None:
                 out.append(None)
                 continue
-            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            a, op, b, c = step
             out.append(k < len(ops) and (a, op, str(b)) == (values[k], *ops[k]) and c == values[k + 1])
             k += 1
         return out

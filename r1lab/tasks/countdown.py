@@ -33,8 +33,7 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from r1lab.tasks.base import Example, ProceduralTask
-from r1lab.tasks.chain import STEP_RE
+from r1lab.tasks.base import Example, ProceduralTask, parse_step
 
 # Longer answers cannot be a sensible expression over four small numbers; refusing them before
 # parsing bounds the parser's work whatever the model writes.
@@ -166,11 +165,11 @@ class CountdownTask(ProceduralTask):
         table = Counter(numbers)
         out: list[bool | None] = []
         for line in steps:
-            m = STEP_RE.match(line)
-            if m is None:
+            step = parse_step(line)
+            if step is None:
                 out.append(None)
                 continue
-            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            a, op, b, c = step
             available = table[a] >= 1 and table[b] >= 1 and (a != b or table[a] >= 2)
             try:
                 exact = _apply(op, Fraction(a), Fraction(b)) == c
