@@ -277,7 +277,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     # Opening read-only and fsyncing flushes a file written by someone else's writer (safetensors,
     # torch.save) and, on a folder, makes its entries (new names, renames) durable.
     fd = os.open(path, os.O_RDONLY)
@@ -389,7 +389,7 @@ def save(
             files.append(f"{name}.safetensors")
         checksums = {}
         for fname in files:
-            _fsync_path(tmp / fname)
+            fsync_path(tmp / fname)
             checksums[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
         meta = {
             "format": FORMAT,
@@ -404,7 +404,7 @@ def save(
             json.dump(meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _publish(tmp, final)
     except (OSError, safetensors.SafetensorError) as e:
         # safetensors reports I/O failures (a full disk) as its own error type, not OSError.
@@ -430,7 +430,7 @@ def _publish(tmp: Path, final: Path) -> None:
             shutil.rmtree(old)
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from r1lab.checkpoint import fsync_path
 from r1lab.label.traces import Trace, TraceError
 
 LABELS = ("good", "bad", "unsure")
@@ -62,14 +63,6 @@ def _validate(rec: Any, where: str) -> None:
         raise TraceError(f"{where}: unknown label {bad[0]!r}; labels are {', '.join(LABELS)} or null")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LabelStore:
     """Labels of ``traces`` kept in ``path``. Thread-safe; process-safe through the lock file."""
 
@@ -105,7 +98,7 @@ class LabelStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         st = os.stat(self.path)
         self._offset, self._inode = st.st_size, st.st_ino
 
