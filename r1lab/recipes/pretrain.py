@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from r1lab import checkpoint, tracking
 from r1lab.config import Config
 from r1lab.model import moe
 from r1lab.model.transformer import count_parameters
 from r1lab.recipes import common
+from r1lab.recipes.loop import TrainLoop
 from r1lab.sft import masked_nll
 from r1lab.tasks import Task, get_task
 from r1lab.tokenizer import BaseTokenizer
@@ -59,27 +59,17 @@ def run(cfg: Config, run_dir: Path) -> Path:
     data_rng = random.Random(cfg.seed)
     model = common.new_model(cfg.model, tok.vocab_size)
     opt = common.make_optimizer(model, p.lr, p.weight_decay)
-    start, bad_steps = 0, 0
-    ckpt = checkpoint.load_latest(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        checkpoint.apply(model, ckpt, opt)
-        checkpoint.restore_rng(ckpt.rng, generators={"data": data_rng})
-        start, bad_steps = ckpt.step, ckpt.state.get("bad_steps", 0)
-        print(f"resuming pretraining from {ckpt.path} (step {start})")
-    if start >= p.steps and ckpt is not None:
-        return ckpt.path
+    loop = TrainLoop(cfg, run_dir, "pretrain", model, opt, total=p.steps, generators={"data": data_rng})
+    if loop.finished:
+        return loop.last_path
     total, active = count_parameters(model)
     print(f"pretrain: {cfg.model.ffn} model, {total / 1e6:.2f}M parameters ({active / 1e6:.2f}M active), task {task.name}, {p.steps} steps")
 
     model.train()
-    last_path = ckpt.path if ckpt is not None else None
-    loads = common.ExpertLoadLog(run_dir, resume_step=start if ckpt else None)
-    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop, loads:
-        bar = tracking.progress(range(start, p.steps), desc="pretrain", initial=start, total=p.steps)
-        for step in bar:
+    with loop:
+        for step in loop.steps():
             t0 = time.perf_counter()
-            lr = common.lr_at(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
-            common.set_lr(opt, lr)
+            lr = loop.set_lr(common.lr_at(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio))
             ids, mask = batch(tok, task, data_rng, p.batch_size, p.worked_fraction, cfg.model.max_seq_len)
             # The real-token mask goes to the MoE layers only: attention stays plain causal.
             out = model(ids[:, :-1], token_mask_BT=mask[:, :-1])
@@ -90,36 +80,23 @@ def run(cfg: Config, run_dir: Path) -> Path:
                 mtp_out = model.mtp_forward(out.hidden_BTD[:, :-1], ids[:, 1:-1], token_mask_BT=mask[:, 1:-1])
                 mtp_nll = masked_nll(mtp_out.logits_BTV, ids[:, 2:], mask[:, 2:])
                 loss = loss + cfg.model.mtp_loss_weight * mtp_nll + mtp_out.aux_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            bad = common.nonfinite_guard(loss, model)  # NaN/Inf: skip the update, keep the weights
-            grad_norm = float("nan")
-            if bad is None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
-                opt.step()
+            bad, grad_norm = loop.backward_step(loss, p.grad_clip)  # NaN/Inf: skip the update, keep the weights
             load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)  # aux-free bias update
             dt = time.perf_counter() - t0
             metrics = {
                 "pretrain/loss": nll.item(),
                 "pretrain/aux_loss": out.aux_loss.item(),
                 "pretrain/lr": lr,
-                "pretrain/grad_norm": float(grad_norm),
+                "pretrain/grad_norm": grad_norm,
                 "pretrain/tokens_per_s": float(mask.sum()) / dt,
                 "pretrain/skipped_nonfinite": int(bad is not None),
                 **moe.balance_metrics(model, load_LE),
             }
             if mtp_nll is not None:
                 metrics["pretrain/mtp_loss"] = mtp_nll.item()
-            loads.log(step + 1, load_LE)
-            tracker.log(step + 1, metrics)
-            bad_steps = common.count_bad_step(bad, bad_steps, step + 1, cfg.max_bad_steps, last_path)
-            bar.set_postfix(loss=f"{metrics['pretrain/loss']:.3f}", refresh=False)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == p.steps or stop.requested:
-                state = {**common.model_state(model), "bad_steps": bad_steps}
-                last_path = checkpoint.save(run_dir, step + 1, model, opt, state=state, generators={"data": data_rng}, keep=cfg.keep_checkpoints)
-            stop.check(step + 1, p.steps, last_path)
+            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE, postfix={"loss": f"{metrics['pretrain/loss']:.3f}"})
     common.expert_load_heatmap(run_dir, "pretrain")
-    return last_path
+    return loop.last_path
 
 
 def main(cfg: Config) -> Path:

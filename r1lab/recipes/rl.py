@@ -19,11 +19,12 @@ from typing import Callable
 
 import torch
 
-from r1lab import checkpoint, lora, rl, rollout, tracking
+from r1lab import lora, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
 from r1lab.recipes import common
 from r1lab.recipes.eval import evaluate_model
+from r1lab.recipes.loop import TrainLoop
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
 from r1lab.tasks.base import Example
@@ -127,26 +128,18 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     sample_gen = torch.Generator().manual_seed(cfg.seed)
     extra = {"ref_model": ref} if ref is not None else {}
 
-    start, bad_steps = 0, 0
-    ckpt = checkpoint.load_latest(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        checkpoint.apply(policy, ckpt, opt, extra_models=extra)
-        checkpoint.restore_rng(ckpt.rng, generators={"data": data_rng, "sample": sample_gen})
-        start, bad_steps = ckpt.step, ckpt.state.get("bad_steps", 0)
-        print(f"resuming RL from {ckpt.path} (step {start})")
-        if start >= r.steps:
-            return ckpt.path
+    loop = TrainLoop(cfg, run_dir, "rl", policy, opt, total=r.steps, generators={"data": data_rng, "sample": sample_gen},
+                     extra_models=extra, start_path=init_ckpt.path)
+    if loop.finished:
+        return loop.last_path
     print(f"rl: {r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
-    last_path = ckpt.path if ckpt is not None else init_ckpt.path
     policy.train()
-    loads = common.ExpertLoadLog(run_dir, resume_step=start if ckpt else None)
-    with tracking.Tracker(run_dir, tensorboard=cfg.tensorboard, resume=ckpt is not None, resume_step=start if ckpt else None) as tracker, common.StopFlag() as stop, loads:
-        bar = tracking.progress(range(start, r.steps), desc="rl", initial=start, total=r.steps)
-        for step in bar:
+    with loop:
+        for step in loop.steps():
             t0 = time.perf_counter()
-            common.set_lr(opt, r.lr * min(1.0, (step + 1) / max(1, r.warmup_steps)))
+            loop.set_lr(r.lr * min(1.0, (step + 1) / max(1, r.warmup_steps)))
 
             # 1. Sample G completions per prompt with the current policy; 2. score them. With DAPO
             # dynamic sampling, draw again until B groups whose rewards differ are kept (or the cap).
@@ -241,13 +234,12 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                     train_tokens += int(ro.attention_mask[mb].sum())
                     t_fb += time.perf_counter() - tf
                     to = time.perf_counter()
-                    bad = common.nonfinite_guard(mb_loss, policy)  # NaN/Inf: skip the rest of this batch's updates
+                    bad = loop.guard(mb_loss)  # NaN/Inf: skip the rest of this batch's updates
                     if bad is not None:
                         grad_norm = float("nan")
                         moe.after_optimizer_step(policy, 0, stepped=False)  # drop this pass's expert load
                         break
-                    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), r.grad_clip if r.grad_clip > 0 else float("inf"))
-                    opt.step()
+                    grad_norm = loop.clip_and_step(r.grad_clip)
                     opt_steps += 1
                     load_LE = moe.after_optimizer_step(policy, opt_steps)  # aux-free bias: once per optimizer step
                     t_opt += time.perf_counter() - to
@@ -296,27 +288,20 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 "time/train_s": t_train,
                 **moe.balance_metrics(policy, load_LE),
             }
-            loads.log(step + 1, load_LE)
             if r.entropy_coef > 0:
                 metrics["train/entropy"] = stats["entropy"] / n_tok
             if r.dynamic_sampling:
                 metrics["rollout/groups_drawn_per_kept"] = drawn / max(n_kept, 1)
                 metrics["rollout/sample_rounds"] = rounds
                 metrics["rollout/groups_kept"] = n_kept
-            if r.eval_every and ((step + 1) % r.eval_every == 0 or step + 1 == r.steps):
+            if loop.due(r.eval_every, step + 1):
                 res = evaluate_model(policy, tok, task, eval_cfg, weights, desc="rl eval")
                 metrics["eval/pass@1"] = res.metrics["pass@1"]
                 metrics["eval/mean_len"] = res.metrics["mean_len"]
                 policy.train()
-            tracker.log(step + 1, metrics)
-            bad_steps = common.count_bad_step(bad, bad_steps, step + 1, cfg.max_bad_steps, last_path)
-            bar.set_postfix({"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"}, refresh=False)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == r.steps or stop.requested:
-                state = {**common.model_state(policy), "bad_steps": bad_steps}
-                last_path = checkpoint.save(run_dir, step + 1, policy, opt, state=state, extra_models=extra,
-                                            generators={"data": data_rng, "sample": sample_gen}, keep=cfg.keep_checkpoints)
-            stop.check(step + 1, r.steps, last_path)
-    return last_path
+            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
+                          postfix={"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"})
+    return loop.last_path
 
 
 def main(cfg: Config) -> Path:
