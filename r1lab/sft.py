@@ -116,10 +116,24 @@ def batch_forward(model: torch.nn.Module, b: Batch, logits: bool = True):
     return model(b.ids_BT[:, :-1], token_mask_BT=b.real_BT[:, :-1], logits=logits, doc_ids_BT=docs)
 
 
-def sft_loss(model: torch.nn.Module, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean NLL of the batch's completion tokens, the MoE aux loss) in one forward pass."""
+def sft_loss(model: torch.nn.Module, b: Batch, mtp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NLL of the batch's completion tokens, the other loss terms: MoE aux loss, and with
+    ``mtp`` on a model with an MTP module its weighted NLL and aux loss) in one forward pass."""
     out = batch_forward(model, b)
-    return masked_nll(out.logits_BTV, b.ids_BT[:, 1:], b.loss_mask_BT[:, 1:]), out.aux_loss
+    extra = out.aux_loss
+    if mtp and model.mtp is not None:
+        mtp_nll, mtp_aux = sft_mtp_loss(model, b, out.hidden_BTD)
+        extra = extra + model.cfg.mtp_loss_weight * mtp_nll + mtp_aux
+    return masked_nll(out.logits_BTV, b.ids_BT[:, 1:], b.loss_mask_BT[:, 1:]), extra
+
+
+def sft_mtp_loss(model: torch.nn.Module, b: Batch, hidden_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NLL of the MTP module predicting completion token t+2 from the hidden state at t and
+    token t+1, its MoE aux loss), as pretraining trains it (DeepSeek-V3 sec. 2.2); ``hidden_BTD``
+    is ``batch_forward``'s. Across a packed boundary the target is a prompt token: no loss."""
+    docs = None if b.doc_ids_BT is None else b.doc_ids_BT[:, :-2]
+    out = model.mtp_forward(hidden_BTD[:, :-1], b.ids_BT[:, 1:-1], token_mask_BT=b.real_BT[:, :-2], doc_ids_BT=docs)
+    return masked_nll(out.logits_BTV, b.ids_BT[:, 2:], b.loss_mask_BT[:, 2:]), out.aux_loss
 
 
 def distill_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, mask_BT: torch.Tensor,
