@@ -9,6 +9,7 @@ See ``steps`` (segmentation, exact labels), ``labels`` (Math-Shepherd rollout la
 ``model`` (the reward model, its loss and the scorer); docs/prm.md for the CLI.
 """
 
+from r1lab.prm.model import RewardModel, StepScorer, aggregate, load_scorer
 from r1lab.prm.steps import exact_labels, split_steps, step_spans
 
-__all__ = ["exact_labels", "split_steps", "step_spans"]
+__all__ = ["RewardModel", "StepScorer", "aggregate", "exact_labels", "load_scorer", "split_steps", "step_spans"]
