@@ -47,6 +47,20 @@ def test_spans_point_into_the_completion():
     assert spans == [(8, 14), (16, 23)] and c[8:14] == "3*4=12" and c[16:23] == "12+1=13"
 
 
+def test_token_step_ends_land_on_the_last_token_of_each_step():
+    from r1lab.prm import token_step_ends
+    from r1lab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.build()
+    c = "<think>7+5=12\n12*2=24</think><answer>24</answer>"
+    ids = tok.encode(c) + [tok.eos_id, tok.pad_id]
+    ends = token_step_ends(tok, ids)
+    assert [tok.decode(ids[: j + 1]) for j in ends] == ["<think>7+5=12", "<think>7+5=12\n12*2=24"]
+    assert ends == [6, 14]  # <think> is one token
+    assert token_step_ends(tok, tok.encode("<think></think><answer>1</answer>")) == []
+    assert token_step_ends(tok, []) == []
+
+
 # --- exact labels -------------------------------------------------------------------------------
 
 
