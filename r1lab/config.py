@@ -290,7 +290,7 @@ class PRMConfig:
     steps: int = 200
     "optimizer steps of `prm train`"
     batch_size: int = 16
-    "labelled completions per training step (drawn without replacement, reshuffled each epoch)"
+    "labelled completions per training step, drawn at random (without replacement within a step)"
     lr: float = 1e-4
     "peak AdamW learning rate (Math-Shepherd trains its PRM from the policy at 1e-6 to 2e-6; tiny models need more)"
     warmup_steps: int = 10

@@ -30,7 +30,7 @@ from r1lab import rollout, tracking
 from r1lab.config import Config
 from r1lab.model import moe
 from r1lab.prm import labels as labels_lib
-from r1lab.prm.model import RewardModel, auc, bce_at, encode, load_scorer
+from r1lab.prm.model import RewardModel, StepScorer, auc, bce_at, encode, load_scorer
 from r1lab.prm.steps import exact_labels, split_steps
 from r1lab.recipes import common
 from r1lab.recipes.loop import TrainLoop
@@ -212,7 +212,7 @@ def train(cfg: Config) -> Path:
 # --- eval ----------------------------------------------------------------------------------------
 
 
-def evaluate(scorer, rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+def evaluate(scorer: StepScorer, rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """Step-level accuracy and AUC of a scorer against the exact labels of ``rows``, and the
     answer step's accuracy and AUC against the outcome."""
     scored = scorer.score_batch([(r["question"], r["completion"]) for r in rows])
