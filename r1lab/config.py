@@ -284,7 +284,7 @@ class PRMConfig:
     marker: str = ""
     "step separator inside <think>; empty: one step per line"
     labels: Literal["hard", "soft", "exact"] = "hard"
-    "PRM training target: hard (any rollout correct, Math-Shepherd's default), soft (the fraction), or exact (Task.step_checks, an oracle)"
+    "PRM training target: hard (any rollout correct, Math-Shepherd's HE), soft (the fraction, its SE), or exact (Task.step_checks, an oracle)"
     kind: Literal["prm", "orm"] = "prm"
     "prm: a label at every step end and at the answer; orm: only final correctness at the completion's last token"
     steps: int = 200
