@@ -130,6 +130,29 @@ def label_flags(rest: list[str]) -> list[str]:
     return out
 
 
+def seq_len_given(argv: list[str]) -> bool:
+    """Whether the user set model.max_seq_len: a flag, or a key of the ``--config`` YAML file."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg[2:].partition("=")[0].replace("-", "_") == "model.max_seq_len":
+            return True
+        if arg == "--config" and i + 1 < len(argv):
+            model = config_lib.load_yaml(argv[i + 1]).get("model")
+            if isinstance(model, dict) and "max_seq_len" in model:
+                return True
+    return False
+
+
+def size_context(cfg: config_lib.Config, task) -> None:
+    """A fresh model's context sized from the task (recipes/context.py), said when it grows."""
+    from r1lab.recipes import common, context
+
+    n, m = context.size(cfg, task, common.load_tokenizer(cfg.init))
+    if n != cfg.model.max_seq_len:
+        print(f"r1lab: model.max_seq_len {n}, sized from {task.name} (longest prompt {m.prompt} tokens + budget "
+              f"{context.budget(cfg)[0]}, longest document {m.document}); set --model.max_seq_len to choose it")
+    cfg.model.max_seq_len = n
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -147,7 +170,9 @@ def _run(argv: list[str], debug: bool) -> int:
         stage, cfg, debug = parse(argv)
         from r1lab.tasks import get_task
 
-        get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
+        task = get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
+        if "model" in STAGES[stage][2] and not seq_len_given(argv):
+            size_context(cfg, task)
         importlib.import_module(STAGES[stage][0]).main(cfg)
     except BrokenPipeError:  # stdout's reader left: not the user's input, handled in main()
         raise

@@ -22,7 +22,7 @@ import torch
 from r1lab import lora, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
-from r1lab.recipes import common
+from r1lab.recipes import common, context
 from r1lab.recipes.eval import evaluate_model
 from r1lab.recipes.loop import TrainLoop
 from r1lab.rewards import RewardWeights
@@ -120,6 +120,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
         lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
     G, max_len = r.group_size, policy.cfg.max_seq_len
+    context.check_loaded(max_len, cfg, task, tok, "rl")  # prompt + budget fit, before any sampling
     # The reference policy is the starting point, frozen; only built when the KL term uses it
     # (with LoRA it is the policy itself with its adapters switched off: no second copy).
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
