@@ -204,3 +204,26 @@ def test_curated_set_round_trips_through_jsonl(base_run, tmp_path, capsys):
     assert summary["kept"] == 6 and summary["estimate_samples"] == 12
     assert main(["eval", "--init", str(base_run), "--task", f"jsonl:{out}", "--out", str(tmp_path / "ev"), *overrides({"eval": TINY["eval"]}),
                  "--eval.n_problems", "1"]) == 0
+
+
+# --- resume: the source's state rides in the checkpoint -------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts_mode, extra", [("curriculum", ["--data.start_level", "2", "--data.level_down", "0", "--data.window", "2"]),
+                                                 ("pass_rate", ["--data.candidates", "3", "--data.samples", "2", "--data.refresh_every", "3"])])
+def test_rl_with_a_prompt_source_resumes_bit_identically(base_run, tmp_path, prompts_mode, extra):
+    from test_resume import rows_by_step, same_checkpoint
+
+    args = ["rl", "--init", str(base_run), "--task", "gym:chain_sum", *overrides(TINY), "--rl.eval_every", "0",
+            "--rl.sample.max_new_tokens", "8", "--data.prompts", prompts_mode, *extra, "--keep_checkpoints", "10"]
+    assert main([*args, "--out", str(tmp_path / "whole"), "--rl.steps", "4"]) == 0
+    assert main([*args, "--out", str(tmp_path / "cut"), "--rl.steps", "2"]) == 0
+    assert main([*args, "--out", str(tmp_path / "cut"), "--rl.steps", "4", "--resume"]) == 0
+    whole, cut = rows_by_step(tmp_path / "whole"), rows_by_step(tmp_path / "cut")
+    assert whole == cut
+    assert same_checkpoint(tmp_path / "whole" / "checkpoints" / "step_4", tmp_path / "cut" / "checkpoints" / "step_4")
+    if prompts_mode == "curriculum":  # never right: down a level after each window of two steps
+        assert [whole[s]["curriculum/level"] for s in (1, 2, 3, 4)] == [2, 1, 1, 0]
+    else:  # a refresh at steps 0 and 3, each paid for
+        assert [whole[s]["curation/refreshes"] for s in (1, 2, 3, 4)] == [1, 1, 1, 2]
