@@ -78,7 +78,7 @@ class Curriculum:
         return sum(self.recent) / len(self.recent) if self.recent else float("nan")
 
     def state(self) -> dict:
-        return {"level": self.level, "recent": list(self.recent)}
+        return {"level": self.level, "max_level": self.max_level, "recent": list(self.recent)}
 
     def load(self, state: dict) -> None:
-        self.level, self.recent = int(state["level"]), [float(r) for r in state["recent"]]
+        self.level, self.max_level, self.recent = int(state["level"]), int(state["max_level"]), [float(r) for r in state["recent"]]

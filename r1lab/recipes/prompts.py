@@ -127,29 +127,33 @@ class Uniform:
 
 
 class CurriculumSource(Uniform):
-    """Draws from the current level's pool (``GymTask.level_pool``); ``observe`` feeds each step's
-    train correct rate to ``curriculum.Curriculum``. Problems whose prompt plus the budget does not
-    fit the model are left out of a level; levels with none left are never reached."""
+    """Draws from the current level's pool (``GymTask.level_pool``, generated when first reached);
+    ``observe`` feeds each step's train correct rate to ``curriculum.Curriculum``. Problems whose
+    prompt plus the budget does not fit the model are left out of a level; a level with none left
+    is never entered (the move up is undone and that level becomes the ceiling)."""
 
     def __init__(self, cfg: Config, task: Task, tok: BaseTokenizer, max_len: int):
         if not isinstance(task, GymTask) or task.levels() == 0:
             raise StageError(f"data.prompts curriculum needs a reasoning-gym dataset with curriculum support; {task.name} has none")
         super().__init__(task)
         self.fits = lambda ex: len(tok.prompt_ids(ex.question)) + cfg.rl.sample.max_new_tokens <= max_len
-        top = 0
-        while top < task.levels() and any(self.fits(ex) for ex in task.level_pool(top + 1)):
-            top += 1
         d = cfg.data
-        if d.start_level > top:
-            raise StageError(f"data.start_level {d.start_level} is above the highest usable level {top} of {task.name}")
-        self.curriculum = curriculum.Curriculum(max_level=top, up=d.level_up, down=d.level_down, window=d.window, level=d.start_level)
+        if d.start_level > task.levels() or not self._pool(d.start_level):
+            raise StageError(f"data.start_level {d.start_level}: {task.name} has levels 0..{task.levels()}, and the level must hold "
+                             f"problems whose prompt plus rl.sample.max_new_tokens fits model.max_seq_len={max_len}")
+        self.curriculum = curriculum.Curriculum(max_level=task.levels(), up=d.level_up, down=d.level_down, window=d.window, level=d.start_level)
+
+    def _pool(self, level: int) -> list[Example]:
+        return [ex for ex in self.task.level_pool(level) if self.fits(ex)]
 
     def draw(self, rng: random.Random, n: int) -> list[Example]:
-        pool = [ex for ex in self.task.level_pool(self.curriculum.level) if self.fits(ex)]
+        pool = self._pool(self.curriculum.level)
         return [rng.choice(pool) for _ in range(n)]
 
     def observe(self, correct: list[float]) -> None:
-        self.curriculum.observe(sum(correct) / len(correct))
+        before = self.curriculum.level
+        if self.curriculum.observe(sum(correct) / len(correct)) > before and not self._pool(self.curriculum.level):
+            self.curriculum.level = self.curriculum.max_level = before  # nothing fits up there: stay
 
     def metrics(self) -> dict[str, float]:
         return {"curriculum/level": self.curriculum.level, "curriculum/window_rate": self.curriculum.window_rate()}
