@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=600)
     ap.add_argument("--rl-steps", type=int, default=40)
     ap.add_argument("--eval-problems", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=24, help="pretraining rows per step")
+    ap.add_argument("--prompts-per-step", type=int, default=16, help="RL prompts per step (group size 8)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
@@ -85,7 +87,8 @@ def main() -> None:
     if args.quick:
         datasets, layers = datasets[:2], QUICK
     else:
-        layers = {"pretrain": {"steps": args.pretrain_steps}, "rl": {"steps": args.rl_steps, "eval_every": 0},
+        layers = {"pretrain": {"steps": args.pretrain_steps, "batch_size": args.batch_size},
+                  "rl": {"steps": args.rl_steps, "eval_every": 0, "prompts_per_step": args.prompts_per_step},
                   "eval": {"n_problems": args.eval_problems}, "threads": args.threads, "tensorboard": False}
     rows = [run_one(d, layers, out / d, args.seed) for d in datasets]
     plots.bars(out / "gain.png", {r["dataset"]: [r["gain"]] for r in rows},
@@ -98,7 +101,7 @@ def main() -> None:
     verdict = (f"RL gained more than 2 points of held-out pass@1 on {', '.join(helped) or 'no dataset'}; not on {', '.join(flat) or 'none'}. "
                f"Bases with train pass@8 below the signal threshold (nothing to select): {', '.join(no_signal) or 'none'}.")
     experiment.write(out, "breadth", rows, {"quick": args.quick, "seeds": [args.seed], "verdict": verdict,
-                                            "budget": {"pretrain_steps": layers["pretrain"]["steps"], "rl_steps": layers["rl"]["steps"]}},
+                                            "budget": {"pretrain": layers["pretrain"], "rl": layers["rl"], "eval": layers["eval"]}},
                      title="r1lab zero on reasoning-gym datasets, equal budget (held-out test split)")
     print(verdict)
 

@@ -63,13 +63,21 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=40 * 16 * 8, help="sampled completions per arm (training + estimation)")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--gain", type=float, default=0.05)
+    ap.add_argument("--eval-problems", type=int, default=100, help="held-out problems of each periodic evaluation (2 samples each)")
+    ap.add_argument("--candidates", type=int, default=32, help="data.candidates: prompts estimated per refresh (curation arm)")
+    ap.add_argument("--samples", type=int, default=8, help="data.samples: samples per estimated prompt")
+    ap.add_argument("--refresh-every", type=int, default=10, help="data.refresh_every")
+    ap.add_argument("--batch-size", type=int, default=24, help="pretraining rows per step")
+    ap.add_argument("--prompts-per-step", type=int, default=16, help="RL prompts per step (group size 8)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     out = Path(args.out)
     datasets = args.datasets.split(",")[:1] if args.quick else args.datasets.split(",")
-    layers = QUICK if args.quick else {"pretrain": {"steps": args.pretrain_steps}, "rl": {"eval_every": args.eval_every},
-                                       "eval": {"n_problems": 100}, "threads": args.threads, "tensorboard": False}
+    layers = QUICK if args.quick else {"pretrain": {"steps": args.pretrain_steps, "batch_size": args.batch_size},
+                                       "rl": {"eval_every": args.eval_every, "prompts_per_step": args.prompts_per_step, "eval_problems": args.eval_problems},
+                                       "data": {"candidates": args.candidates, "samples": args.samples, "refresh_every": args.refresh_every},
+                                       "threads": args.threads, "tensorboard": False}
     budget = 6 * 8 if args.quick else args.budget
     rows, summary_curves = [], {}
     for dataset in datasets:

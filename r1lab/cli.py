@@ -8,6 +8,7 @@
     r1lab check-task countdown                  leak check of a task's splits, corpus and RL prompts
     r1lab report runs/zero-x                    (re)write report.html of a run or experiment folder
     r1lab label --from runs/zero-x --out labels.jsonl   label reasoning steps in the browser
+    r1lab curate --init runs/base --task gym:gcd --out gcd.jsonl   keep prompts the model sometimes solves
 
 Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
 checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2
@@ -32,9 +33,9 @@ from r1lab.recipes.common import RunStopped, StageError
 
 # stage -> (module with main(cfg), one-line description, config sections it reads)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval")),
+    "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval", "data")),
     "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain")),
-    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora")),
+    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora", "data")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
