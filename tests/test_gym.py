@@ -227,3 +227,17 @@ def test_rl_with_a_prompt_source_resumes_bit_identically(base_run, tmp_path, pro
         assert [whole[s]["curriculum/level"] for s in (1, 2, 3, 4)] == [2, 1, 1, 0]
     else:  # a refresh at steps 0 and 3, each paid for
         assert [whole[s]["curation/refreshes"] for s in (1, 2, 3, 4)] == [1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["rl", "--task", "chain", "--data.prompts", "curriculum"], "has none"),
+    (["rl", "--task", "gym:chain_sum", "--data.prompts", "curriculum", "--data.start_level", "99"], "data.start_level 99"),
+    (["curate", "--task", "chain"], "--out FILE.jsonl"),
+])
+def test_bad_data_settings_fail_in_one_line(base_run, tmp_path, capsys, args, culprit):
+    budgets = ["--rl.sample.max_new_tokens", "8", "--eval.sample.max_new_tokens", "8"]
+    code = main([args[0], "--init", str(base_run), "--out", str(tmp_path / "x"), *args[1:], *budgets, "--threads", "1"]) if args[0] == "rl" else \
+        main([*args, "--init", str(base_run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and culprit in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x" / "checkpoints").exists()
