@@ -12,6 +12,7 @@
     r1lab report runs/zero-x                    (re)write report.html of a run or experiment folder
     r1lab label --from runs/zero-x --out labels.jsonl   label reasoning steps in the browser
     r1lab prm label --init runs/base --out steps.jsonl  Math-Shepherd step labels (then prm train, prm eval)
+    r1lab curate --init runs/base --task gym:gcd --out gcd.jsonl   keep prompts the model sometimes solves
 
 Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
 checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2
@@ -36,15 +37,16 @@ from r1lab.recipes.common import RunStopped, StageError
 
 # stage -> (module with main(cfg), one-line description, config sections it reads)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval")),
+    "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval", "data")),
     "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain")),
-    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora")),
+    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora", "data")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
     "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
     "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ("export",)),
+    "curate": ("r1lab.recipes.curate", "r1lab curate --init RUN --task T --out data.jsonl: keep train prompts whose pass rate under RUN is in a band (for jsonl:)", ("data", "rl")),
     "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
     "sft": ("r1lab.recipes.sft", "supervised fine-tuning of --init (or a fresh model) on prompt/completion records (--sft.data)", ("model", "sft")),
     "rejection-sample": ("r1lab.recipes.rejection_sample", "sample --init n times per train prompt, keep verified well-formed answers: an SFT jsonl at --out (+ .stats.json)", ("rejection",)),
@@ -150,6 +152,29 @@ def label_flags(rest: list[str]) -> list[str]:
     return out
 
 
+def seq_len_given(argv: list[str]) -> bool:
+    """Whether the user set model.max_seq_len: a flag, or a key of the ``--config`` YAML file."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg[2:].partition("=")[0].replace("-", "_") == "model.max_seq_len":
+            return True
+        if arg == "--config" and i + 1 < len(argv):
+            model = config_lib.load_yaml(argv[i + 1]).get("model")
+            if isinstance(model, dict) and "max_seq_len" in model:
+                return True
+    return False
+
+
+def size_context(cfg: config_lib.Config, task) -> None:
+    """A fresh model's context sized from the task (recipes/context.py), said when it grows."""
+    from r1lab.recipes import common, context
+
+    n, m = context.size(cfg, task, common.load_tokenizer(cfg.init))
+    if n != cfg.model.max_seq_len:
+        print(f"r1lab: model.max_seq_len {n}, sized from {task.name} (longest prompt {m.prompt} tokens + budget "
+              f"{context.budget(cfg)[0]}, longest document {m.document}); set --model.max_seq_len to choose it")
+    cfg.model.max_seq_len = n
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -167,7 +192,9 @@ def _run(argv: list[str], debug: bool) -> int:
         stage, cfg, debug = parse(argv)
         from r1lab.tasks import get_task
 
-        get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
+        task = get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
+        if "model" in STAGES[stage][2] and not seq_len_given(argv):
+            size_context(cfg, task)
         importlib.import_module(STAGES[stage][0]).main(cfg)
     except BrokenPipeError:  # stdout's reader left: not the user's input, handled in main()
         raise

@@ -386,6 +386,38 @@ class DistillConfig:
 
 
 @dataclass
+class DataConfig:
+    prompts: Literal["uniform", "curriculum", "pass_rate"] = "uniform"
+    "RL's training prompts: uniform over the train split (R1), a reasoning-gym difficulty curriculum, or pass-rate curation"
+    level_up: float = 0.7
+    "curriculum: one level up when the mean train correct rate of the last data.window steps reaches this"
+    level_down: float = 0.1
+    "curriculum: one level down when that rate falls to this (r1lab's addition: a too-hard level does not stall)"
+    window: int = 5
+    "curriculum: RL steps whose correct rates decide a move; it restarts after each move"
+    start_level: int = 0
+    "curriculum: the first level (0: the dataset's easiest)"
+    band_low: float = 0.05
+    "pass-rate curation: keep prompts whose estimated pass rate is at least this (0.05 with 8 samples: solved at least once)"
+    band_high: float = 0.95
+    "pass-rate curation: and at most this (0.95 with 8 samples: failed at least once; DAPO and Kimi k1.5 drop always-solved prompts)"
+    candidates: int = 64
+    "pass-rate curation: train prompts whose pass rate is estimated at each refresh"
+    samples: int = 8
+    "samples per prompt of every pass-rate estimate (curation, r1lab curate, the signal check)"
+    refresh_every: int = 20
+    "pass-rate curation: re-estimate the pool under the current policy every N RL steps (its cost is logged)"
+    signal_problems: int = 32
+    "train problems on which `r1lab zero` estimates the base's pass@k before RL (0: skip it)"
+    signal_threshold: float = 0.1
+    "warn that RL has little to select when the base's train pass@8 (data.samples tries) is below this"
+    signal_check: bool = False
+    "`r1lab rl`: run the same pre-RL signal check (`r1lab zero` always does, unless data.signal_problems is 0)"
+    curate_problems: int = 200
+    "`r1lab curate`: train problems whose pass rates are estimated (a finite pool is capped at its size)"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -422,6 +454,7 @@ class Config:
     rejection: RejectionConfig = field(default_factory=RejectionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -523,6 +556,16 @@ class Config:
             ("prm.sample.temperature", self.prm.sample.temperature > 0, "must be positive (rollouts sample)"),
             ("prm.sample.top_p", 0 < self.prm.sample.top_p <= 1, "must be in (0, 1]"),
             ("prm.sample.max_new_tokens", self.prm.sample.max_new_tokens >= 1, "must be >= 1"),
+            ("data.level_up", 0 <= self.data.level_down < self.data.level_up <= 1, "must be in (data.level_down, 1]"),
+            ("data.level_down", 0 <= self.data.level_down, "must be >= 0"),
+            ("data.window", self.data.window >= 1, "must be >= 1"),
+            ("data.start_level", self.data.start_level >= 0, "must be >= 0"),
+            ("data.band_low", 0 <= self.data.band_low <= self.data.band_high <= 1, "must be in [0, data.band_high] (and data.band_high <= 1)"),
+            ("data.candidates", self.data.candidates >= 1, "must be >= 1"),
+            ("data.samples", self.data.samples >= 1, "must be >= 1"),
+            ("data.refresh_every", self.data.refresh_every >= 1, "must be >= 1"),
+            ("data.signal_problems", self.data.signal_problems >= 0, "must be >= 0 (0: skip the check)"),
+            ("data.curate_problems", self.data.curate_problems >= 1, "must be >= 1"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

@@ -18,7 +18,7 @@ from r1lab.config import Config, EvalConfig
 from r1lab.evaluate import EvalResult, ProblemSamples, best_of_k, summarize
 from r1lab.model.transformer import Transformer
 from r1lab.prm import StepScorer, aggregate, load_scorer
-from r1lab.recipes import common
+from r1lab.recipes import common, context
 from r1lab.rewards import RewardWeights, extract_answer
 from r1lab.tasks import Task, get_task
 from r1lab.tokenizer import BaseTokenizer
@@ -113,6 +113,7 @@ def main(cfg: Config) -> Path:
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     task = get_task(cfg.task, seed=cfg.seed)
+    context.check_loaded(model.cfg.max_seq_len, cfg, task, common.load_tokenizer(cfg.init), "eval")  # before any sampling
     default = Path("runs") / "eval" if cfg.init.startswith(common.HF_PREFIX) else ckpt.path.parent.parent / "eval"
     out = Path(cfg.out) if cfg.out else default
     # A file name from the task name: jsonl:<path> holds slashes, gym:<name> a colon.

@@ -18,7 +18,7 @@ import torch
 from r1lab.config import Config
 from r1lab.model import moe
 from r1lab.model.transformer import count_parameters
-from r1lab.recipes import common
+from r1lab.recipes import common, context
 from r1lab.recipes.loop import TrainLoop
 from r1lab.sft import masked_nll
 from r1lab.tasks import Task, get_task
@@ -33,20 +33,36 @@ def document(tok: BaseTokenizer, task: Task, rng: random.Random, worked_fraction
     return tok.prompt_ids(ex.question) + tok.encode(completion) + [tok.eos_id]
 
 
+MAX_LONG_DOCUMENTS = 1000
+"documents longer than a whole row drawn in a row before the corpus is declared unusable"
+
+
+def whole_document(tok: BaseTokenizer, task: Task, rng: random.Random, worked_fraction: float, seq_len: int, split: str = "train") -> list[int]:
+    """A ``document`` that fits a row of ``seq_len`` tokens: a longer one is skipped, never cut
+    (a problem cut in half teaches a question without its answer); ``StageError`` if none fits."""
+    for _ in range(MAX_LONG_DOCUMENTS):
+        doc = document(tok, task, rng, worked_fraction, split)
+        if len(doc) <= seq_len:
+            return doc
+    raise common.StageError(f"pretrain: {MAX_LONG_DOCUMENTS} documents of {task.name} in a row are longer than model.max_seq_len={seq_len} "
+                            f"(the last: {len(doc)} tokens); raise model.max_seq_len or leave it unset to size it from the task")
+
+
 def batch(tok: BaseTokenizer, task: Task, rng: random.Random, rows: int, worked_fraction: float, seq_len: int,
           split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` sequences of ``seq_len`` tokens, each packed with whole documents (GPT-style
     packing: plain causal attention across document boundaries, every document opening with
     bos), right-padded after the last document that fits; a document that does not fit opens
-    the next row. Returns ids and the real-token mask. ``split="test"`` gives held-out documents."""
+    the next row, and one longer than a row is skipped (``whole_document``): no problem is ever
+    cut in half. Returns ids and the real-token mask. ``split="test"`` gives held-out documents."""
     ids = torch.full((rows, seq_len), tok.pad_id, dtype=torch.long)
-    doc = document(tok, task, rng, worked_fraction, split)[:seq_len]
+    doc = whole_document(tok, task, rng, worked_fraction, seq_len, split)
     for r in range(rows):
         filled = 0
         while filled + len(doc) <= seq_len:
             ids[r, filled : filled + len(doc)] = torch.tensor(doc)
             filled += len(doc)
-            doc = document(tok, task, rng, worked_fraction, split)[:seq_len]  # may open the next row
+            doc = whole_document(tok, task, rng, worked_fraction, seq_len, split)  # may open the next row
     return ids, ids != tok.pad_id
 
 
@@ -57,6 +73,7 @@ def run(cfg: Config, run_dir: Path) -> Path:
     tok = common.load_tokenizer(run_dir)  # the character tokenizer its run folder records
     task = get_task(cfg.task, seed=cfg.seed)
     data_rng = random.Random(cfg.seed)
+    context.check_fresh(cfg, task, tok, "pretrain")  # before any training: prompt + budget must fit
     model = common.new_model(cfg.model, tok.vocab_size)
     opt = common.make_optimizer(model, p.lr, p.weight_decay)
     loop = TrainLoop(cfg, run_dir, "pretrain", model, opt, total=p.steps, generators={"data": data_rng})

@@ -22,7 +22,7 @@ import torch
 from r1lab import lora, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
-from r1lab.recipes import common
+from r1lab.recipes import common, context, prompts
 from r1lab.recipes.eval import evaluate_model
 from r1lab.recipes.loop import TrainLoop
 from r1lab.rewards import RewardWeights
@@ -120,6 +120,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
         lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
     G, max_len = r.group_size, policy.cfg.max_seq_len
+    context.check_loaded(max_len, cfg, task, tok, "rl")  # prompt + budget fit, before any sampling
+    source = prompts.make_source(cfg, task, tok, max_len)  # data.prompts: uniform (R1), curriculum or pass-rate curation
     # The reference policy is the starting point, frozen; only built when the KL term uses it
     # (with LoRA it is the policy itself with its adapters switched off: no second copy).
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
@@ -128,10 +130,13 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     sample_gen = torch.Generator().manual_seed(cfg.seed)
     extra = {"ref_model": ref} if ref is not None else {}
 
-    loop = TrainLoop(cfg, run_dir, "rl", policy, opt, total=r.steps, generators={"data": data_rng, "sample": sample_gen},
+    loop = TrainLoop(cfg, run_dir, "rl", policy, opt, total=r.steps, generators={"data": data_rng, "sample": sample_gen, **source.generators},
                      extra_models=extra, start_path=init_ckpt.path)
     if loop.finished:
         return loop.last_path
+    source.load(loop.state.get("prompts"))
+    if cfg.data.signal_check and not loop.resumed:
+        prompts.signal_check(cfg, policy, tok, task, "rl", run_dir / "signal.json")
     print(f"rl: {r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
@@ -140,13 +145,14 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
         for step in loop.steps():
             t0 = time.perf_counter()
             loop.set_lr(r.lr * min(1.0, (step + 1) / max(1, r.warmup_steps)))
+            source.before_step(step, policy)
 
             # 1. Sample G completions per prompt with the current policy; 2. score them. With DAPO
             # dynamic sampling, draw again until B groups whose rewards differ are kept (or the cap).
             kept: list[tuple[list[Example], rollout.Rollout, list[str], torch.Tensor, dict, list]] = []
             n_kept, drawn, rounds, t_score = 0, 0, 0, 0.0
             while True:
-                examples = [task.sample(data_rng, "train") for _ in range(r.prompts_per_step)]
+                examples = source.draw(data_rng, r.prompts_per_step)
                 ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, sample_gen, repeats=G)
                 ts = time.perf_counter()
                 row_examples = [ex for ex in examples for _ in range(G)]
@@ -177,6 +183,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 rewards_N = torch.cat([k[3] for k in kept])
                 parts = {name: torch.cat([k[4][name] for k in kept]) for name in kept[0][4]}
                 scores = [s for k in kept for s in k[5]]
+            source.observe([s.correct for s in scores])
             t_sample = time.perf_counter() - t0
 
             # Reference log-probs (only with a KL term), on the sampled tokens.
@@ -294,12 +301,14 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 metrics["rollout/groups_drawn_per_kept"] = drawn / max(n_kept, 1)
                 metrics["rollout/sample_rounds"] = rounds
                 metrics["rollout/groups_kept"] = n_kept
+            metrics.update(source.metrics())
             if loop.due(r.eval_every, step + 1):
                 res = evaluate_model(policy, tok, task, eval_cfg, weights, desc="rl eval")
                 metrics["eval/pass@1"] = res.metrics["pass@1"]
                 metrics["eval/mean_len"] = res.metrics["mean_len"]
                 policy.train()
-            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
+            source_state = source.state()
+            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE, state=None if source_state is None else {"prompts": source_state},
                           postfix={"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"})
     return loop.last_path
 

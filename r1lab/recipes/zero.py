@@ -21,7 +21,7 @@ from r1lab import checkpoint, tracking
 from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.evaluate import EvalResult
-from r1lab.recipes import common, pretrain, rl
+from r1lab.recipes import common, pretrain, prompts, rl
 from r1lab.recipes.eval import evaluate_model, save_result
 from r1lab.report import html as report_html
 from r1lab.rewards import RewardWeights
@@ -89,6 +89,17 @@ def _evaluate(cfg: Config, ckpt_path: Path, out: Path, desc: str) -> EvalResult:
     return result
 
 
+def _signal(cfg: Config, ckpt_path: Path, out: Path) -> dict | None:
+    """The pre-RL signal check (recipes/prompts.py) on the base, reused on --resume; None when
+    data.signal_problems is 0. It samples with its own generator: RL's numbers do not move."""
+    if not cfg.data.signal_problems:
+        return None
+    if cfg.resume and out.is_file():
+        return json.loads(out.read_text(encoding="utf-8"))
+    model, _ = common.load_model(ckpt_path)
+    return prompts.signal_check(cfg, model, common.load_tokenizer(ckpt_path), get_task(cfg.task, seed=cfg.seed), "zero", out)
+
+
 def main(cfg: Config) -> Path:
     t0 = time.time()
     run_dir = common.run_dir_for(cfg, "zero")
@@ -111,6 +122,7 @@ def main(cfg: Config) -> Path:
         base = _evaluate(cfg, base_ckpt, run_dir / "eval" / "base.json", "eval base")
         print(tracking.format_table([{"model": "base", **base.metrics}], title=f"base model, {split_label(cfg.eval.split)}"))
         stop.check_done("the base model's evaluation")
+        signal = _signal(cfg, base_ckpt, run_dir / "eval" / "signal.json")
         rl_ckpt = rl.run(cfg, run_dir / "rl", base_ckpt)
         tuned = _evaluate(cfg, rl_ckpt, run_dir / "eval" / "rl.json", "eval rl")
 
@@ -127,6 +139,7 @@ def main(cfg: Config) -> Path:
         "wall_s": time.time() - t0,
         "eval": {"split": cfg.eval.split, "n_problems": cfg.eval.n_problems, "n": cfg.eval.n_samples, "temperature": cfg.eval.sample.temperature},
         "resumed": cfg.resume,
+        "signal": signal,
         "rl_curve": curve,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

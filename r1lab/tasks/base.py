@@ -59,6 +59,11 @@ class Task(ABC):
         correct); only called when ``graded`` is set."""
         return self.check(answer, example)
 
+    def pool(self, split: Split) -> list[Example] | None:
+        """Every distinct example of ``split`` when the split is a finite pool (reasoning-gym,
+        JSONL files); None for a generator that can always draw more (the default)."""
+        return None
+
     def key(self, example: Example) -> str:
         """The canonical problem key: two examples with equal keys are the same problem. The
         default is the question with its white space normalised; tasks with twins (reordered

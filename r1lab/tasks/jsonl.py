@@ -6,7 +6,8 @@ One JSON object per line, UTF-8::
     {"question": "2+2*2", "answer": "8", "solution": "2+2=4\\n4*2=8"}
 
 ``question`` and ``answer`` are non-empty strings; ``solution`` (optional) is a worked solution,
-used by pretraining's corpus for its worked style. Blank lines are skipped.
+used by pretraining's corpus for its worked style; ``stats`` (optional, an object) is ignored by
+the task: ``r1lab curate`` writes each prompt's pass-rate statistics there. Blank lines are skipped.
 
 Splits: as in ``ProceduralTask``, the test split is a fixed hash bucket of the question text
 (about ``test_fraction`` of the rows), so a row's split depends neither on the other rows, nor on
@@ -32,6 +33,8 @@ from r1lab.tasks.base import Example, Split, Task, stable_hash
 
 REQUIRED = ("question", "answer")
 OPTIONAL = ("solution",)
+IGNORED = ("stats",)
+"fields kept for the reader and ignored by the task (``r1lab curate`` writes its pass-rate stats there)"
 
 
 def read_rows(path: Path) -> list[Example]:
@@ -73,9 +76,11 @@ def read_rows(path: Path) -> list[Example]:
                 row.get(key, "").encode("utf-8")
             except UnicodeEncodeError:  # JSON escapes can spell a lone surrogate such as "\ud800"
                 raise ValueError(f"{path}:{n}: {key!r} holds an invalid Unicode escape (a lone surrogate)") from None
-        unknown = sorted(set(row) - set(REQUIRED) - set(OPTIONAL))
+        if not isinstance(row.get("stats", {}), dict):
+            raise ValueError(f"{path}:{n}: 'stats' must be a JSON object (got {type(row['stats']).__name__})")
+        unknown = sorted(set(row) - set(REQUIRED) - set(OPTIONAL) - set(IGNORED))
         if unknown:
-            raise ValueError(f"{path}:{n}: unknown field {unknown[0]!r}; rows hold question, answer and optionally solution")
+            raise ValueError(f"{path}:{n}: unknown field {unknown[0]!r}; rows hold question, answer and optionally solution and stats")
         rows.append(Example(question=row["question"], answer=row["answer"].strip(), solution=row.get("solution", "")))
     if not rows:
         raise ValueError(f"dataset {path} is empty: expected JSON lines with question and answer")

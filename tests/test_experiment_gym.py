@@ -1,0 +1,37 @@
+"""experiments/breadth.py and experiments/curation.py --quick: each writes its table, plots and a
+summary with one row per dataset (per arm), and the curation arms pay for their estimates."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_breadth_quick_writes_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["breadth.py", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(ROOT / "experiments" / "breadth.py"), run_name="__main__")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["dataset"] for r in summary["rows"]] == ["basic_arithmetic", "chain_sum"] and summary["quick"] is True
+    assert all(r["max_seq_len"] > 128 and 0 <= r["base_pass@8"] <= 1 for r in summary["rows"])  # sized from the task
+    assert "RL gained" in summary["verdict"]
+    for png in ("gain.png", "len_change.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_curation_quick_writes_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["curation.py", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(ROOT / "experiments" / "curation.py"), run_name="__main__")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["arm"]: r for r in summary["rows"]}
+    assert list(rows) == ["uniform", "curriculum", "pass_rate"]
+    assert rows["pass_rate"]["rl_steps"] < rows["uniform"]["rl_steps"]  # estimation is paid out of the same budget
+    assert all(r["completions"] <= summary["budget_completions"] for r in rows.values())
+    metrics = [json.loads(line) for line in (tmp_path / "chain_sum" / "curriculum" / "metrics.jsonl").read_text().splitlines()]
+    assert all("curriculum/level" in m for m in metrics)
+    assert (tmp_path / "chain_sum_pass_at_1.png").stat().st_size > 1000
