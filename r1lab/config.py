@@ -280,6 +280,12 @@ class LoRAConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    "data parallelism under torchrun: DDP (replicated weights) or FSDP2 fully_shard (weights, gradients, optimizer state sharded); ignored in one process"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -312,6 +318,10 @@ class Config:
     label: LabelConfig = field(default_factory=LabelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    "where pretraining runs: auto takes this rank's GPU when CUDA is available (bf16 autocast), else the CPU"
+    dist: DistConfig = field(default_factory=DistConfig)
+    "torchrun data parallelism (r1lab <stage> --nproc N, docs/distributed.md)"
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""

@@ -133,7 +133,8 @@ class Router(nn.Module):
             self.bias_E = None
 
     def forward(self, x_ND: torch.Tensor) -> RouterOutput:
-        logits_NE = F.linear(x_ND.float(), self.weight.float())
+        with torch.autocast(x_ND.device.type, enabled=False):  # bf16 autocast on a GPU must not reach the router
+            logits_NE = F.linear(x_ND.float(), self.weight.float())
         return route(logits_NE, self.top_k, self.score_func, self.bias_E, self.n_group, self.topk_group,
                      self.norm_topk_prob, self.routed_scaling_factor)
 
@@ -256,10 +257,19 @@ def after_optimizer_step(model: nn.Module, step: int, stepped: bool = True) -> t
     experts), summed over its training passes, and empties the accumulators; when ``stepped`` and
     the layer balances without a loss, moves its bias by ``bias_update`` (gamma falls to 0 after
     ``bias_update_stop`` steps when that is positive). ``stepped=False`` (a skipped non-finite
-    step) discards the load without moving the bias. None for a dense model."""
+    step) discards the load without moving the bias. None for a dense model.
+
+    Under torchrun every rank calls it at the same step: the loads are summed over ranks first
+    (DESIGN.md: "from load summed over micro-batches and ranks"), so every rank moves its bias
+    by the same amount and the biases stay equal."""
     layers = moe_layers(model)
     if not layers:
         return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        acc_LE = torch.stack([m.load_acc_E for m in layers])  # (L, E)
+        torch.distributed.all_reduce(acc_LE)
+        for m, load_E in zip(layers, acc_LE):
+            m.load_acc_E.copy_(load_E)
     loads = []
     for m in layers:
         load_E = m.load_acc_E.clone()
