@@ -120,11 +120,12 @@ def launch(nproc: int, argv: list[str]) -> None:
 # Wrapping
 
 
-def wrap(model: nn.Module, dcfg: DistConfig, dev: torch.device) -> nn.Module:
+def wrap(model: nn.Module, dcfg: DistConfig, dev: torch.device, find_unused: bool = False) -> nn.Module:
     """The module a training step calls: ``model`` itself in one process; DDP around it; or, with
     FSDP2, ``model`` sharded in place (one FSDP group per block, the MTP module and the root).
     Build the optimizer after this call (FSDP2 replaces parameters by DTensor shards), and keep
-    using ``model`` for everything but the forward call (state dicts, attributes)."""
+    using ``model`` for everything but the forward call (state dicts, attributes). ``find_unused``:
+    some parameters get no gradient in a step (RL's forward skips the MTP module)."""
     if world() == 1:
         return model
     if dcfg.strategy == "ddp":
@@ -132,7 +133,8 @@ def wrap(model: nn.Module, dcfg: DistConfig, dev: torch.device) -> nn.Module:
 
         # No buffer sync per forward: buffers (RoPE tables, the aux-free bias) are equal on every rank
         # by construction, and MoE's per-rank load accumulators must not be overwritten.
-        return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None, forward_sync_buffers=False)
+        return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None, forward_sync_buffers=False,
+                                       find_unused_parameters=find_unused)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from r1lab.model.moe import Router

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import rollout, tracking
+from r1lab import distributed, rollout, tracking
 from r1lab.config import Config, EvalConfig
 from r1lab.evaluate import EvalResult, ProblemSamples, summarize
 from r1lab.model.transformer import Transformer
@@ -28,10 +28,15 @@ ROWS_PER_BATCH = 256  # sampled sequences per sampler call: large enough to amor
 def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval",
                    samples_out: Path | None = None) -> EvalResult:
     """Sample, score and summarise; with ``samples_out``, also write every scored sample there
-    (``write_samples``), for the report's side-by-side completions and for ``r1lab label``."""
+    (``write_samples``), for the report's side-by-side completions and for ``r1lab label``.
+
+    Under torchrun each rank samples problems rank::world (its generator seeded by the eval seed
+    and its rank) and the results are gathered on every rank."""
     examples = task.examples(ecfg.split, ecfg.n_problems, ecfg.seed)
-    gen = torch.Generator().manual_seed(ecfg.seed)
-    rows = [(i, tok.prompt_ids(ex.question)) for i, ex in enumerate(examples) for _ in range(ecfg.n_samples)]
+    world, rank = distributed.world(), distributed.rank()
+    gen = torch.Generator().manual_seed(ecfg.seed if world == 1 else ecfg.seed * 1_000_003 + rank)
+    mine = range(rank, len(examples), world)  # this rank's problems (all of them in one process)
+    rows = [(i, tok.prompt_ids(examples[i].question)) for i in mine for _ in range(ecfg.n_samples)]
     per_problem = [ProblemSamples(ex.question, ex.answer, [], [], [], []) for ex in examples]
     bar = tracking.progress(len(rows), desc=desc)
     for start in range(0, len(rows), ROWS_PER_BATCH):
@@ -48,6 +53,10 @@ def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: Eva
             ps.lengths.append(len(ids))
         bar.update(len(chunk))
     bar.close()
+    if world > 1:
+        for part in distributed.gather_objects([(i, per_problem[i]) for i in mine]):
+            for i, ps in part:
+                per_problem[i] = ps
     if samples_out is not None:
         write_samples(samples_out, task.name, per_problem)
     return summarize(task.name, ecfg.split, per_problem, ecfg.ks, temperature=ecfg.sample.temperature, top_p=ecfg.sample.top_p, max_new_tokens=ecfg.sample.max_new_tokens, seed=ecfg.seed)
