@@ -732,7 +732,9 @@ def _apply_sharded(model: nn.Module, ckpt: Checkpoint, optimizer: torch.optim.Op
             raise CheckpointError(f"checkpoint {ckpt.path} has no extra model {name!r}")
     sd = _state_dicts(model, optimizer, extra_models)
     try:
-        dcp.load(sd, checkpoint_id=str(ckpt.path))
+        with warnings.catch_warnings():  # one plain process (resharding N -> 1, export) is intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(sd, checkpoint_id=str(ckpt.path))
     except Exception as e:  # DCP wraps a missing key or a shape mismatch in its own error types
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {_one_line(e)}"[:400]) from e
     if optimizer is not None:

@@ -39,6 +39,8 @@ from r1lab.config import Config, ConfigError, DistConfig
 
 STAGES = ("pretrain", "rl")
 "stages that run under torchrun; the others are one-process tools and refuse a world size > 1"
+DEVICE_STAGES = ("pretrain",)
+"stages that follow ``--device`` (GPU: NCCL); the others run on the CPU (gloo), as the sampler does"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def session(stage: str, cfg: Config) -> Iterator[None]:
         return
     if stage not in STAGES:
         raise ConfigError(f"r1lab {stage} runs in one process; only {', '.join(STAGES)} run under torchrun (drop --nproc)")
-    dev = device(cfg.device)
+    dev = device(cfg.device) if stage in DEVICE_STAGES else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")

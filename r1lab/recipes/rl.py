@@ -207,11 +207,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t_ref = time.perf_counter() - t1
 
             # 3. Advantages; the loss mask drops truncated completions under DAPO's overlong filter.
-            if world > 1:  # over every rank's groups (batch-level baselines and scales see the global batch)
-                all_rewards = torch.cat(distributed.gather_objects(rewards_N))  # (world * N,)
-                adv_N = rl.advantages(all_rewards, G, r.advantage, r.scale_rewards).view(world, -1)[rank]  # (N,)
-            else:
-                adv_N = rl.advantages(rewards_N, G, r.advantage, r.scale_rewards)  # (N,)
+            adv_N, all_rewards = rank_advantages(rewards_N, G, r)  # (N,), (world * N,)
             loss_mask = ro.completion_mask
             if r.overlong == "mask":
                 loss_mask = loss_mask & ro.finished[:, None]
@@ -269,8 +265,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             lengths = ro.completion_lengths.float()
             groups = rewards_N.view(-1, G)
             n_tok = max(stats["tokens"], 1.0)
-            all_rewards = all_rewards if world > 1 else rewards_N  # other rollout/* figures: rank 0's groups
-            metrics = {
+            metrics = {  # rewards over all ranks; the other rollout/* figures are rank 0's groups
                 "rollout/reward_mean": float(all_rewards.mean()),
                 "rollout/reward_std": float(all_rewards.std()),
                 **{f"reward/{k}_mean": float(v.mean()) for k, v in parts.items()},
@@ -321,6 +316,19 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
                           postfix={"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"})
     return loop.last_path
+
+
+def rank_advantages(rewards_N: torch.Tensor, G: int, r: RLConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages of this rank's rows (N,), every rank's rewards in rank order (world * N,)).
+
+    Each rank holds whole groups of G rows; the advantages are computed over all ranks' rewards,
+    so a group baseline sees its whole group and a batch-level one (REINFORCE++, batch std) the
+    global batch. In one process: ``rl.advantages`` of ``rewards_N``."""
+    world = distributed.world()
+    if world == 1:
+        return rl.advantages(rewards_N, G, r.advantage, r.scale_rewards), rewards_N
+    all_rewards = torch.cat(distributed.gather_objects(rewards_N))  # (world * N,)
+    return rl.advantages(all_rewards, G, r.advantage, r.scale_rewards).view(world, -1)[distributed.rank()], all_rewards
 
 
 def _check_distributed(cfg: Config) -> None:
