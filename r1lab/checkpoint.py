@@ -670,7 +670,6 @@ def save_sharded(
     ckdir = checkpoints_dir(root)
     final = ckdir / f"step_{step}"
     tmp = ckdir / f"step_{step}.tmp-{pid[0]}"
-    ok = [True]
     try:
         if rank == 0:
             ckdir.mkdir(parents=True, exist_ok=True)
@@ -706,7 +705,6 @@ def save_sharded(
             if keep is not None:
                 _prune(root, keep, final)
     except OSError as e:
-        ok = [False]
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not save checkpoint {final}: {_one_line(e)}") from e
@@ -714,9 +712,7 @@ def save_sharded(
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if ok[0]:
-            dist.barrier()  # nobody reads the new checkpoint before rank 0 has published it
+    dist.barrier()  # nobody reads the new checkpoint before rank 0 has published it
     return final
 
 

@@ -175,6 +175,21 @@ def test_resume_at_one_process_from_a_two_process_checkpoint(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_at_two_fsdp2_processes_from_a_one_process_checkpoint(runs, tmp_path):
+    """1 -> 2: a plain checkpoint is scattered into FSDP2 shards (weights and AdamW moments)."""
+    src, _ = runs["one"]
+    run = tmp_path / "scattered"
+    shutil.copytree(src, run)
+    for p in checkpoint.checkpoints_dir(run).glob("step_*"):
+        if int(p.name.removeprefix("step_")) > 4:
+            shutil.rmtree(p)
+    res = r1lab("pretrain", *BASE, "--pretrain.batch_size", "4", "--nproc", "2", "--dist.strategy", "fsdp2", "--out", str(run), "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert losses(run) == pytest.approx(losses(src), rel=1e-5, abs=1e-6)
+    assert checkpoint.load_latest(run).world_size == 2
+
+
+@pytest.mark.slow
 def test_killing_one_rank_ends_the_job_and_resume_is_bit_identical(runs, tmp_path):
     reference, _ = runs["ddp"]
     run = tmp_path / "killed"
@@ -228,8 +243,9 @@ def dense_dcp(tmp_path_factory):
 def test_a_sharded_checkpoint_exports_to_one_safetensors_file(dense_dcp, tmp_path):
     from safetensors.torch import load_file
 
-    assert checkpoint.load_latest(dense_dcp).sharded
-    assert main(["export", str(dense_dcp), str(tmp_path / "hf")]) == 0
+    step = checkpoint.load_latest(dense_dcp)
+    assert step.sharded
+    assert main(["export", str(step.path), str(tmp_path / "hf")]) == 0  # a step folder; a run folder works too
     exported = load_file(tmp_path / "hf" / "model.safetensors")
     ours = weights(dense_dcp)
     torch.testing.assert_close(exported["model.embed_tokens.weight"], ours["embed.weight"], rtol=0, atol=0)
