@@ -36,7 +36,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval")),
     "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain", "dist")),
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora", "dist")),
-    "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
+    "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval", "dist")),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),

@@ -37,7 +37,7 @@ from torch import nn
 
 from r1lab.config import Config, ConfigError, DistConfig
 
-STAGES = ("pretrain", "rl")
+STAGES = ("pretrain", "rl", "eval")
 "stages that run under torchrun; the others are one-process tools and refuse a world size > 1"
 DEVICE_STAGES = ("pretrain",)
 "stages that follow ``--device`` (GPU: NCCL); the others run on the CPU (gloo), as the sampler does"

@@ -10,6 +10,7 @@ bit-identical, RL keeps whole GRPO groups per rank, and only rank 0 prints and l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -71,7 +72,7 @@ def test_helpers_are_no_ops_in_one_process():
 
 
 def test_nproc_is_refused_for_one_process_stages_and_bad_values(capsys):
-    assert main(["eval", "--init", "nowhere", "--nproc", "2"]) == 2
+    assert main(["sample", "--init", "nowhere", "--nproc", "2"]) == 2
     assert "runs in one process" in capsys.readouterr().err
     assert main(["pretrain", "--nproc", "zero"]) == 2
     assert "--nproc needs a positive number" in capsys.readouterr().err
@@ -265,6 +266,17 @@ def test_rl_with_two_processes_from_a_sharded_checkpoint(dense_dcp, tmp_path):
     assert res.stdout.count("rl: final checkpoint") == 1
     bad = r1lab(*args[:-2], "--out", str(tmp_path / "x"), "--nproc", "2", "--dist.strategy", "fsdp2")
     assert bad.returncode != 0 and "needs ddp" in bad.stderr
+
+
+@pytest.mark.slow
+def test_eval_split_across_two_processes(dense_dcp, tmp_path):
+    res = r1lab("eval", "--init", str(dense_dcp), *overrides({"eval": TINY["eval"], "threads": 1}), "--out", str(tmp_path), "--nproc", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (samples,) = tmp_path.glob("*.samples.jsonl")
+    rows = samples.read_text().splitlines()
+    assert len(rows) == TINY["eval"]["n_problems"] * TINY["eval"]["n_samples"]  # every problem once, gathered from both ranks
+    assert len({json.loads(r)["question"] for r in rows}) == TINY["eval"]["n_problems"]
+    assert res.stdout.count("eval: wrote") == 1
 
 
 def _group_worker(rank: int, world: int, store: str, results: dict) -> None:

@@ -57,7 +57,7 @@ def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: Eva
         for part in distributed.gather_objects([(i, per_problem[i]) for i in mine]):
             for i, ps in part:
                 per_problem[i] = ps
-    if samples_out is not None:
+    if samples_out is not None and distributed.is_main():
         write_samples(samples_out, task.name, per_problem)
     return summarize(task.name, ecfg.split, per_problem, ecfg.ks, temperature=ecfg.sample.temperature, top_p=ecfg.sample.top_p, max_new_tokens=ecfg.sample.max_new_tokens, seed=ecfg.seed)
 
@@ -96,7 +96,8 @@ def main(cfg: Config) -> Path:
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
     result = evaluate_model(model, common.load_tokenizer(cfg.init), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
                             samples_out=path.with_suffix(".samples.jsonl"))
-    save_result(result, path)
+    if distributed.is_main():
+        save_result(result, path)
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))
     print(f"eval: wrote {path} and {path.with_suffix('.samples.jsonl').name}")
     return path
