@@ -5,7 +5,8 @@ the sharded checkpoint format through a one-rank process group. The 2-process jo
 seconds on a shared 2-core machine and are marked slow: DDP and FSDP2 follow one process of twice
 the batch (loss curves and weights to float tolerance), a DCP checkpoint resumes at one process
 (reshard 2 -> 1) and exports, one rank killed with SIGKILL ends the job and ``--resume`` continues
-bit-identical, RL keeps whole GRPO groups per rank, and only rank 0 prints and logs.
+bit-identical, RL keeps whole GRPO groups per rank and, given the same rollouts, reproduces the
+one-process gradient, and only rank 0 prints and logs.
 """
 
 from __future__ import annotations
@@ -319,3 +320,65 @@ def test_grpo_groups_stay_whole_on_one_rank(tmp_path):
         assert torch.equal(all_r, torch.cat([results[0][1], results[1][1]]))
         reference = rl.advantages(all_r, 4, adv, scale)
         assert torch.equal(torch.cat([results[0][2][adv][0], results[1][2][adv][0]]), reference)
+
+
+def _rl_batch():
+    """A fixed synthetic GRPO batch (4 groups of 4 rows) and a tiny MoE policy, the same in every process."""
+    from r1lab import rl, rollout
+    from r1lab.config import RLConfig
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**{**MODEL, "max_seq_len": 32}), 40)
+    N, P, T = 16, 6, 20
+    tokens = torch.randint(0, 40, (N, T))
+    lengths = torch.randint(3, T - P + 1, (N,))
+    completion = (torch.arange(T)[None] >= P) & (torch.arange(T)[None] < P + lengths[:, None])  # (N, T)
+    attention = torch.arange(T)[None] < P + lengths[:, None]
+    old = torch.where(completion, -torch.rand(N, T) * 3, 0.0)
+    ro = rollout.Rollout(tokens, attention, completion, old, P, torch.ones(N, dtype=torch.bool))
+    r = RLConfig(group_size=4, aggregation="seq_mean_token_mean", micro_batch_size=4)
+    adv = rl.advantages(torch.tensor([float(i % 3 == 0) for i in range(N)]), 4, "grpo", "group")  # (N,)
+    return model, ro, r, adv
+
+
+def _rl_grads(model, ro, r, adv, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    from r1lab import rollout
+    from r1lab.recipes.rl import backward_minibatch, loss_settings
+
+    sub = rollout.select(ro, rows)
+    stats = dict.fromkeys(("clip_low", "clip_high", "kl", "ratio", "entropy", "tokens"), 0.0)
+    backward_minibatch(distributed.wrap(model, common.config_lib.DistConfig("ddp"), torch.device("cpu")), sub, torch.arange(len(rows)),
+                       sub.completion_mask, sub.logprobs, adv[rows], None, None, r, loss_settings(r), stats)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _rl_worker(rank: int, world: int, store: str, results: dict) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model, ro, r, adv = _rl_batch()
+        groups = torch.arange(4)[rank::world]  # whole groups per rank, as recipes/rl.py keeps them
+        rows = (groups[:, None] * 4 + torch.arange(4)).reshape(-1)
+        results[rank] = _rl_grads(model, ro, r, adv, rows)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rl_gradient_over_two_ranks_equals_one_process_on_the_same_rollouts(tmp_path):
+    """Given the same rollouts, 2 DDP ranks holding 2 groups each (micro-batches of 4 rows, the loss
+    normalised by the global token and sequence counts) produce the one-process gradient."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rl_worker, args=(2, str(tmp_path / "store"), results), nprocs=2)
+        results = dict(results)
+    model, ro, r, adv = _rl_batch()
+    reference = _rl_grads(model, ro, r, adv, torch.arange(16))
+    for rank in (0, 1):
+        assert results[rank].keys() == reference.keys()
+        for k, g in reference.items():
+            torch.testing.assert_close(results[rank][k], g, rtol=1e-5, atol=1e-7, msg=k)
