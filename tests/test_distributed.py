@@ -382,3 +382,17 @@ def test_rl_gradient_over_two_ranks_equals_one_process_on_the_same_rollouts(tmp_
         assert results[rank].keys() == reference.keys()
         for k, g in reference.items():
             torch.testing.assert_close(results[rank][k], g, rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_skips_without_cuda_and_runs_its_code_on_the_cpu():
+    script = str(Path(__file__).parents[1] / "benchmarks" / "gpu.py")
+    tiny = ["--steps", "1", "--batch", "1", "--seq", "64", "--d-model", "32", "--layers", "2", "--heads", "2", "--experts", "8",
+            "--top-k", "2", "--d-expert", "8", "--vocab", "64", "--decode-batch", "2", "--decode-tokens", "4", "--grpo-rows", "8"]
+    if not torch.cuda.is_available():
+        res = subprocess.run([sys.executable, script], env=ENV, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and json.loads(res.stdout.splitlines()[-1])["skipped"] is True
+    res = subprocess.run([sys.executable, script, "--smoke-cpu", *tiny], env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout.splitlines()[-1])
+    assert figures["pretrain_tokens_per_s"] > 0 and figures["decode_tokens_per_s"] > 0 and figures["grpo_step_s"] > 0
