@@ -124,7 +124,7 @@ def launch(nproc: int, argv: list[str]) -> None:
 
 def wrap(model: nn.Module, dcfg: DistConfig, dev: torch.device, find_unused: bool = False) -> nn.Module:
     """The module a training step calls: ``model`` itself in one process; DDP around it; or, with
-    FSDP2, ``model`` sharded in place (one FSDP group per block, the MTP module and the root).
+    FSDP2, ``model`` sharded in place (one FSDP group per block, and the root).
     Build the optimizer after this call (FSDP2 replaces parameters by DTensor shards), and keep
     using ``model`` for everything but the forward call (state dicts, attributes). ``find_unused``:
     some parameters get no gradient in a step (RL's forward skips the MTP module)."""
@@ -150,8 +150,9 @@ def wrap(model: nn.Module, dcfg: DistConfig, dev: torch.device, find_unused: boo
         mp = MixedPrecisionPolicy()  # CPU: fp32 throughout, as in one process
     for block in model.layers:
         fully_shard(block, mp_policy=mp)
-    if getattr(model, "mtp", None) is not None:
-        fully_shard(model.mtp, mp_policy=mp)
+    # The MTP module stays in the root's group: ``mtp_forward`` is a method of the root, called
+    # after its forward (while the root's parameters are still gathered), not a module call that
+    # would run FSDP's hooks of a group of its own.
     fully_shard(model, mp_policy=mp)
     return model
 

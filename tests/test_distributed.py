@@ -33,7 +33,8 @@ from r1lab.recipes import common
 from r1lab.tracking import read_metrics
 
 ENV = {**os.environ, "R1LAB_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-MODEL = {**TINY["model"], "aux_loss_coef": 0.0, "router": "sigmoid", "bias_update_speed": 0.001}  # the balance loss is a per-rank mean
+# The balance loss is a per-rank mean, so it is off; the aux-free bias and an MTP module are on.
+MODEL = {**TINY["model"], "aux_loss_coef": 0.0, "router": "sigmoid", "bias_update_speed": 0.001, "mtp_depth": 1}
 STEPS = 8
 BASE = [*overrides({"model": MODEL, "threads": 1, "tensorboard": False}), "--pretrain.steps", str(STEPS), "--pretrain.warmup_steps", "2",
         "--save_every", "2", "--keep_checkpoints", "100"]
@@ -347,7 +348,8 @@ def _rl_grads(model, ro, r, adv, rows: torch.Tensor) -> dict[str, torch.Tensor]:
 
     sub = rollout.select(ro, rows)
     stats = dict.fromkeys(("clip_low", "clip_high", "kl", "ratio", "entropy", "tokens"), 0.0)
-    backward_minibatch(distributed.wrap(model, common.config_lib.DistConfig("ddp"), torch.device("cpu")), sub, torch.arange(len(rows)),
+    ddp = distributed.wrap(model, common.config_lib.DistConfig("ddp"), torch.device("cpu"), find_unused=model.mtp is not None)  # as recipes/rl.py
+    backward_minibatch(ddp, sub, torch.arange(len(rows)),
                        sub.completion_mask, sub.logprobs, adv[rows], None, None, r, loss_settings(r), stats)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
