@@ -123,7 +123,16 @@ class Checkpoint:
     state: dict[str, Any] = field(default_factory=dict)
     "the caller's JSON-able state, as passed to ``save`` (tuples come back as lists)"
     rng: dict[str, Any] = field(default_factory=dict)
-    "RNG states as returned by ``capture_rng``; pass to ``restore_rng``"
+    "RNG states as returned by ``capture_rng``; pass to ``restore_rng`` (rank 0's in a sharded checkpoint)"
+    rng_ranks: list[dict[str, Any]] = field(default_factory=list)
+    "a sharded checkpoint's RNG states, one per rank of the run that wrote it; empty otherwise"
+    world_size: int = 0
+    "ranks that wrote a sharded (torch.distributed.checkpoint) checkpoint; 0 for a one-process one"
+
+    @property
+    def sharded(self) -> bool:
+        """Written by ``save_sharded``: weights and optimizer live in DCP shards, read by ``apply``."""
+        return self.world_size > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +495,10 @@ def load(path: Path) -> Checkpoint:
             raise CheckpointError(f"{fp} is truncated or damaged: {size} bytes, expected {info['bytes']}")
         if _sha256(fp) != info["sha256"]:
             raise CheckpointError(f"{fp} is corrupt: sha256 does not match {STATE_FILE}")
+    sharded = meta.get("sharded")
+    if sharded:  # weights and optimizer stay in their DCP shards until ``apply`` reads them
+        return Checkpoint(path=path, step=int(step), model_state={}, optimizer_state=None, state=user_state, rng=rng,
+                          rng_ranks=list(meta.get("rng_ranks", [])), world_size=int(sharded["world_size"]))
     if MODEL_FILE not in files:
         raise CheckpointError(f"{sf} lists no {MODEL_FILE}")
     opt_state = None
@@ -566,13 +579,25 @@ def apply(
 ) -> None:
     """Load the checkpoint's weights into ``model`` (and ``extra_models`` by name) and its state
     into ``optimizer``. RNG and caller state are left to the caller (``restore_rng``,
-    ``ckpt.state``) so that nothing global changes behind its back."""
-    load_model_state(model, ckpt.model_state, ckpt.path / MODEL_FILE)
+    ``ckpt.state``) so that nothing global changes behind its back.
+
+    Either kind of checkpoint fits either kind of model: a sharded one (``save_sharded``) is read
+    through torch.distributed.checkpoint into a plain, DDP or FSDP2 model at any world size (a
+    plain model in one process included: resharding N -> 1, export); a one-process one into an
+    FSDP2 model is scattered from its full tensors."""
+    if ckpt.sharded:
+        _apply_sharded(model, ckpt, optimizer, extra_models)
+        return
+    fsdp = _is_fsdp(model)
+    if fsdp:  # FSDP2 parameters are DTensor shards: scatter the full tensors (optimizer too)
+        _apply_full_to_fsdp(model, ckpt, optimizer)
+    else:
+        load_model_state(model, ckpt.model_state, ckpt.path / MODEL_FILE)
     for name, m in (extra_models or {}).items():
         if name not in ckpt.extra_states:
             raise CheckpointError(f"checkpoint {ckpt.path} has no extra model {name!r}")
         load_model_state(m, ckpt.extra_states[name], ckpt.path / f"{name}.safetensors")
-    if optimizer is not None:
+    if optimizer is not None and not fsdp:
         if ckpt.optimizer_state is None:
             raise CheckpointError(f"checkpoint {ckpt.path} has no {OPTIMIZER_FILE}")
         try:
@@ -582,8 +607,169 @@ def apply(
                                   f"optimizer: {_one_line(e)}") from e
 
 
+# ---------------------------------------------------------------------------------------------
+# Sharded checkpoints (torch.distributed.checkpoint), written by every rank of a torchrun job
+#
+# The folder is the same ``step_<N>`` as above, published the same way (temporary folder, fsync,
+# rename), with DCP's files in place of model.safetensors and optimizer.pt: one ``__<rank>_0.distcp``
+# per rank and DCP's ``.metadata``. Rank 0 writes ``state.json`` last, with the checksums of every
+# rank's file and every rank's RNG states, so that verification and "newest good checkpoint" work
+# unchanged. All ranks must see one file system (a shared one across nodes).
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 extra_models: Mapping[str, nn.Module] | None) -> dict[str, Any]:
+    """What DCP saves and loads: model and optimizer state keyed by parameter names (sharded
+    DTensors under FSDP2, plain tensors otherwise), and the extra models' state dicts."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is not None:
+        msd, osd = get_state_dict(model, optimizer)
+        out: dict[str, Any] = {"model": msd, "optim": osd}
+    else:
+        out = {"model": get_model_state_dict(model)}
+    for name, m in (extra_models or {}).items():
+        out[f"extra.{name}"] = m.state_dict()
+    return out
+
+
+def save_sharded(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: Mapping[str, Any] | None = None,
+    extra_models: Mapping[str, nn.Module] | None = None,
+    keep: int | None = 3,
+    generators: Mapping[str, RNG] | None = None,
+) -> Path:
+    """``save`` for a torchrun job: every rank calls it (a collective) and writes its own shard
+    of ``model`` (plain, the module inside DDP, or FSDP2) and ``optimizer``; the folder appears
+    atomically once all shards and rank 0's ``state.json`` are durable. Every rank's RNG states
+    are kept (``Checkpoint.rng_ranks``)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be >= 1 or None, got {keep}")
+    try:
+        user_state = json.loads(json.dumps(dict(state or {})))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint state must be JSON-able: {e}") from e
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rngs: list[Any] = [None] * world
+    dist.all_gather_object(rngs, capture_rng(generators))
+    pid = [os.getpid()]
+    dist.broadcast_object_list(pid, src=0)  # one temporary folder for all ranks: rank 0's
+    ckdir = checkpoints_dir(root)
+    final = ckdir / f"step_{step}"
+    tmp = ckdir / f"step_{step}.tmp-{pid[0]}"
+    try:
+        if rank == 0:
+            ckdir.mkdir(parents=True, exist_ok=True)
+            _remove_stale_leftovers(root)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        dist.barrier()
+        dcp.save(_state_dicts(model, optimizer, extra_models), checkpoint_id=str(tmp))
+        dist.barrier()
+        if rank == 0:
+            checksums = {}
+            for fp in sorted(tmp.iterdir()):
+                fsync_path(fp)
+                checksums[fp.name] = {"bytes": fp.stat().st_size, "sha256": _sha256(fp)}
+            meta = {
+                "format": FORMAT,
+                "step": step,
+                "saved_at": time.time(),
+                "extra_models": sorted(extra_models or {}),
+                "state": user_state,
+                "rng": rngs[0],
+                "rng_ranks": rngs,
+                "sharded": {"world_size": world, "library": "torch.distributed.checkpoint"},
+                "files": checksums,
+            }
+            with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_path(tmp)
+            _publish(tmp, final)
+            if keep is not None:
+                _prune(root, keep, final)
+    except OSError as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not save checkpoint {final}: {_one_line(e)}") from e
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dist.barrier()  # nobody reads the new checkpoint before rank 0 has published it
+    return final
+
+
+def _apply_sharded(model: nn.Module, ckpt: Checkpoint, optimizer: torch.optim.Optimizer | None,
+                   extra_models: Mapping[str, nn.Module] | None) -> None:
+    """Read a sharded checkpoint through DCP into ``model``/``optimizer`` of any world size (in
+    one process DCP reads without a process group): DCP reshards by parameter name."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    for name in extra_models or {}:
+        if not _dcp_has(ckpt.path, f"extra.{name}."):
+            raise CheckpointError(f"checkpoint {ckpt.path} has no extra model {name!r}")
+    sd = _state_dicts(model, optimizer, extra_models)
+    try:
+        with warnings.catch_warnings():  # one plain process (resharding N -> 1, export) is intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(sd, checkpoint_id=str(ckpt.path))
+    except Exception as e:  # DCP wraps a missing key or a shape mismatch in its own error types
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {_one_line(e)}"[:400]) from e
+    if optimizer is not None:
+        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    else:
+        set_model_state_dict(model, sd["model"])
+    for name, m in (extra_models or {}).items():
+        m.load_state_dict(sd[f"extra.{name}"])
+
+
+def _dcp_has(path: Path, prefix: str) -> bool:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return any(k.startswith(prefix) for k in FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+def _apply_full_to_fsdp(model: nn.Module, ckpt: Checkpoint, optimizer: torch.optim.Optimizer | None) -> None:
+    """A one-process checkpoint into an FSDP2 model: each rank keeps its shard of the full
+    tensors. ``optimizer.pt`` numbers parameters in param-group order; DCP names them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    osd = None
+    if optimizer is not None:
+        if ckpt.optimizer_state is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no {OPTIMIZER_FILE}")
+        names = {id(p): n for n, p in model.named_parameters()}
+        fqn = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        saved = ckpt.optimizer_state
+        osd = {"state": {fqn[int(i)]: st for i, st in saved["state"].items()},
+               "param_groups": [{**g, "params": [fqn[int(i)] for i in g["params"]]} for g in saved["param_groups"]]}
+    try:
+        set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=dict(ckpt.model_state),
+                       optim_state_dict=osd or {}, options=StateDictOptions(full_state_dict=True))
+    except (ValueError, KeyError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {_one_line(e)}") from e
+
+
 __all__ = [
     "Checkpoint", "CheckpointError", "CheckpointWarning", "apply", "capture_rng",
     "checkpoints_dir", "latest_step", "load", "load_latest", "load_model_state", "restore_rng",
-    "save",
+    "save", "save_sharded",
 ]

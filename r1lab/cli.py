@@ -31,6 +31,7 @@ import os
 import sys
 
 from r1lab import config as config_lib
+from r1lab import distributed
 from r1lab.checkpoint import CheckpointError
 from r1lab.config import ConfigError
 from r1lab.recipes.common import RunStopped, StageError
@@ -38,9 +39,9 @@ from r1lab.recipes.common import RunStopped, StageError
 # stage -> (module with main(cfg), one-line description, config sections it reads)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval", "data")),
-    "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain")),
-    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora", "data")),
-    "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval",)),
+    "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain", "dist")),
+    "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora", "data", "dist")),
+    "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval", "dist")),
     "sample": ("r1lab.recipes.sample", "print completions of --init for questions given as arguments", ("generate",)),
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
@@ -55,7 +56,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 # Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.
 POSITIONAL: dict[str, tuple[str, ...]] = {"export": ("init", "out"), "import": ("init", "out")}
-COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard")
+COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard", "device")
 
 
 def usage() -> str:
@@ -70,6 +71,9 @@ def stage_help(stage: str) -> str:
     rows = [r for r in config_lib.describe() if r[0] in COMMON_KEYS or r[0].split(".")[0] in sections]
     width = max(len(k) for k, _, _ in rows)
     out = [f"usage: r1lab {stage} [--config FILE] [--section.key VALUE ...] [--debug]", "", desc, "", "options (key, default, meaning):"]
+    if stage in distributed.STAGES:
+        out[0] += " [--nproc N]"
+        out.insert(3, "--nproc N launches torchrun with N processes on this machine (docs/distributed.md)")
     for key, default, doc in rows:
         out.append(f"  --{key:<{width}}  {default:<14} {doc}")
     return "\n".join(out)
@@ -187,15 +191,32 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+def nproc_flag(argv: list[str]) -> tuple[int, list[str]]:
+    """(N of ``--nproc N``, or 0 when absent; ``argv`` without it)."""
+    if "--nproc" not in argv:
+        return 0, argv
+    i = argv.index("--nproc")
+    value = argv[i + 1] if i + 1 < len(argv) else ""
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--nproc needs a positive number of processes, got {value!r}")
+    return int(value), argv[:i] + argv[i + 2 :]
+
+
 def _run(argv: list[str], debug: bool) -> int:
     try:
+        nproc, argv = nproc_flag(argv)
         stage, cfg, debug = parse(argv)
         from r1lab.tasks import get_task
 
         task = get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
         if "model" in STAGES[stage][2] and not seq_len_given(argv):
             size_context(cfg, task)
-        importlib.import_module(STAGES[stage][0]).main(cfg)
+        if nproc > 1 and not distributed.launched():
+            if stage not in distributed.STAGES:
+                raise ConfigError(f"--nproc: r1lab {stage} runs in one process; only {', '.join(distributed.STAGES)} run under torchrun")
+            distributed.launch(nproc, argv)  # does not return: this process becomes torchrun
+        with distributed.session(stage, cfg):
+            importlib.import_module(STAGES[stage][0]).main(cfg)
     except BrokenPipeError:  # stdout's reader left: not the user's input, handled in main()
         raise
     except RunStopped as err:  # a graceful stop (signal, non-finite steps): checkpoints intact

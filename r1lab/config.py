@@ -418,6 +418,12 @@ class DataConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    "data parallelism under torchrun: DDP (replicated weights) or FSDP2 fully_shard (weights, gradients, optimizer state sharded); ignored in one process"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -455,6 +461,10 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    "where pretraining runs: auto takes this rank's GPU when CUDA is available (bf16 autocast), else the CPU"
+    dist: DistConfig = field(default_factory=DistConfig)
+    "torchrun data parallelism (r1lab <stage> --nproc N, docs/distributed.md)"
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""

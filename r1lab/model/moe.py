@@ -133,7 +133,8 @@ class Router(nn.Module):
             self.bias_E = None
 
     def forward(self, x_ND: torch.Tensor) -> RouterOutput:
-        logits_NE = F.linear(x_ND.float(), self.weight.float())
+        with torch.autocast(x_ND.device.type, enabled=False):  # bf16 autocast on a GPU must not reach the router
+            logits_NE = F.linear(x_ND.float(), self.weight.float())
         return route(logits_NE, self.top_k, self.score_func, self.bias_E, self.n_group, self.topk_group,
                      self.norm_topk_prob, self.routed_scaling_factor)
 
@@ -181,15 +182,23 @@ class GroupedExperts(nn.Module):
         return out
 
     def forward(self, x_SD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        """``x_SD`` holds S token-slots sorted by expert, ``counts_E[e]`` of them for expert e."""
-        if self.use_grouped_mm:
+        """``x_SD`` holds S token-slots sorted by expert, ``counts_E[e]`` of them for expert e.
+
+        Under autocast (bf16 on a GPU) the experts compute in the autocast dtype, with the
+        grouped GEMM when it runs for that dtype: autocast does not cover ``grouped_mm``."""
+        w1_EDH, w3_EDH, w2_EHD, use_grouped_mm, out_dtype = self.w1_EDH, self.w3_EDH, self.w2_EHD, self.use_grouped_mm, x_SD.dtype
+        if torch.is_autocast_enabled(x_SD.device.type):
+            dt = torch.get_autocast_dtype(x_SD.device.type)
+            x_SD, w1_EDH, w3_EDH, w2_EHD = (t.to(dt) for t in (x_SD, w1_EDH, w3_EDH, w2_EHD))
+            use_grouped_mm = grouped_mm_works(x_SD.device.type, dt)
+        if use_grouped_mm:
             offs_E = counts_E.cumsum(0).to(torch.int32)
-            h_SH = F.silu(F.grouped_mm(x_SD, self.w1_EDH, offs=offs_E)) * F.grouped_mm(x_SD, self.w3_EDH, offs=offs_E)
-            return F.grouped_mm(h_SH, self.w2_EHD, offs=offs_E)  # (S, D)
+            h_SH = F.silu(F.grouped_mm(x_SD, w1_EDH, offs=offs_E)) * F.grouped_mm(x_SD, w3_EDH, offs=offs_E)
+            return F.grouped_mm(h_SH, w2_EHD, offs=offs_E).to(out_dtype)  # (S, D)
         outs = []
-        for x, w1, w3, w2 in zip(x_SD.split(counts_E.tolist()), self.w1_EDH.unbind(0), self.w3_EDH.unbind(0), self.w2_EHD.unbind(0)):
+        for x, w1, w3, w2 in zip(x_SD.split(counts_E.tolist()), w1_EDH.unbind(0), w3_EDH.unbind(0), w2_EHD.unbind(0)):
             outs.append((F.silu(x @ w1) * (x @ w3)) @ w2)
-        return torch.cat(outs)  # (S, D)
+        return torch.cat(outs).to(out_dtype)  # (S, D)
 
 
 @dataclass
@@ -256,10 +265,19 @@ def after_optimizer_step(model: nn.Module, step: int, stepped: bool = True) -> t
     experts), summed over its training passes, and empties the accumulators; when ``stepped`` and
     the layer balances without a loss, moves its bias by ``bias_update`` (gamma falls to 0 after
     ``bias_update_stop`` steps when that is positive). ``stepped=False`` (a skipped non-finite
-    step) discards the load without moving the bias. None for a dense model."""
+    step) discards the load without moving the bias. None for a dense model.
+
+    Under torchrun every rank calls it at the same step: the loads are summed over ranks first
+    (DESIGN.md: "from load summed over micro-batches and ranks"), so every rank moves its bias
+    by the same amount and the biases stay equal."""
     layers = moe_layers(model)
     if not layers:
         return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        acc_LE = torch.stack([m.load_acc_E for m in layers])  # (L, E)
+        torch.distributed.all_reduce(acc_LE)
+        for m, load_E in zip(layers, acc_LE):
+            m.load_acc_E.copy_(load_E)
     loads = []
     for m in layers:
         load_E = m.load_acc_E.clone()

@@ -195,7 +195,7 @@ def resolve_checkpoint(path: str | Path) -> checkpoint.Checkpoint:
     path = Path(path)
     if not path.exists():
         raise StageError(f"init path {path} does not exist")
-    if (path / checkpoint.MODEL_FILE).is_file():
+    if (path / checkpoint.MODEL_FILE).is_file() or (path / checkpoint.STATE_FILE).is_file():  # a step folder (sharded ones have no model file)
         return checkpoint.load(path)
     for candidate in (path, path / "rl", path / "pretrain"):
         if checkpoint.latest_step(candidate) is not None:

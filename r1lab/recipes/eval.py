@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import rollout, tracking
+from r1lab import distributed, rollout, tracking
 from r1lab.config import Config, EvalConfig
 from r1lab.evaluate import EvalResult, ProblemSamples, best_of_k, summarize
 from r1lab.model.transformer import Transformer
@@ -30,10 +30,15 @@ def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: Eva
                    samples_out: Path | None = None, scorer: StepScorer | None = None) -> EvalResult:
     """Sample, score and summarise; with ``samples_out``, also write every scored sample there
     (``write_samples``), for the report's side-by-side completions and for ``r1lab label``. With a
-    reward-model ``scorer`` (``eval.rerank``), also best-of-k reranking (``rerank_metrics``)."""
+    reward-model ``scorer`` (``eval.rerank``), also best-of-k reranking (``rerank_metrics``).
+
+    Under torchrun each rank samples problems rank::world (its generator seeded by the eval seed
+    and its rank) and the results are gathered on every rank."""
     examples = task.examples(ecfg.split, ecfg.n_problems, ecfg.seed)
-    gen = torch.Generator().manual_seed(ecfg.seed)
-    rows = [(i, tok.prompt_ids(ex.question)) for i, ex in enumerate(examples) for _ in range(ecfg.n_samples)]
+    world, rank = distributed.world(), distributed.rank()
+    gen = torch.Generator().manual_seed(ecfg.seed if world == 1 else ecfg.seed * 1_000_003 + rank)
+    mine = range(rank, len(examples), world)  # this rank's problems (all of them in one process)
+    rows = [(i, tok.prompt_ids(examples[i].question)) for i in mine for _ in range(ecfg.n_samples)]
     per_problem = [ProblemSamples(ex.question, ex.answer, [], [], [], []) for ex in examples]
     bar = tracking.progress(len(rows), desc=desc)
     for start in range(0, len(rows), ROWS_PER_BATCH):
@@ -50,7 +55,11 @@ def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: Eva
             ps.lengths.append(len(ids))
         bar.update(len(chunk))
     bar.close()
-    if samples_out is not None:
+    if world > 1:
+        for part in distributed.gather_objects([(i, per_problem[i]) for i in mine]):
+            for i, ps in part:
+                per_problem[i] = ps
+    if samples_out is not None and distributed.is_main():
         write_samples(samples_out, task.name, per_problem)
     result = summarize(task.name, ecfg.split, per_problem, ecfg.ks, temperature=ecfg.sample.temperature, top_p=ecfg.sample.top_p, max_new_tokens=ecfg.sample.max_new_tokens, seed=ecfg.seed)
     if scorer is not None:
@@ -121,7 +130,8 @@ def main(cfg: Config) -> Path:
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
     result = evaluate_model(model, common.load_tokenizer(cfg.init), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
                             samples_out=path.with_suffix(".samples.jsonl"), scorer=rerank_scorer(cfg.eval.rerank))
-    save_result(result, path)
+    if distributed.is_main():
+        save_result(result, path)
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))
     print(f"eval: wrote {path} and {path.with_suffix('.samples.jsonl').name}")
     return path

@@ -26,17 +26,22 @@ What it does, so that no stage carries its own copy:
 * **Periodic save, eval and log**: ``end_step`` logs metrics (and the MoE expert loads), saves
   every ``cfg.save_every`` steps, at the last step and when a stop was requested, then honours
   the stop; ``loop.due(every, step)`` says when a periodic evaluation is due.
+* **Under torchrun** (``r1lab.distributed``): metrics, expert loads and the progress bar on rank 0
+  only; checkpoints through torch.distributed.checkpoint, each rank its shard; the non-finite
+  skip and the stop request agreed by all ranks. ``model`` is the unwrapped module (or the FSDP2
+  one); the stage calls its DDP wrapper for the forward pass.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from r1lab import checkpoint, tracking
+from r1lab import checkpoint, distributed, tracking
 from r1lab.config import Config
 from r1lab.recipes import common
 
@@ -63,7 +68,10 @@ class TrainLoop:
         self.resumed = ckpt is not None
         if ckpt is not None:
             checkpoint.apply(model, ckpt, optimizer, extra_models=self.extra_models)
-            checkpoint.restore_rng(ckpt.rng, generators=self.generators)
+            # Each rank its own RNG states when the world size is the one that saved them; at
+            # another world size (resharding) every rank takes rank 0's.
+            same_world = len(ckpt.rng_ranks) == distributed.world() and ckpt.rng_ranks
+            checkpoint.restore_rng(ckpt.rng_ranks[distributed.rank()] if same_world else ckpt.rng, generators=self.generators)
             self.start, self.bad_steps, self.state = ckpt.step, ckpt.state.get("bad_steps", 0), dict(ckpt.state)
             print(f"resuming {name} from {ckpt.path} (step {self.start})")
         self.last_path: Path | None = ckpt.path if ckpt is not None else start_path
@@ -79,8 +87,9 @@ class TrainLoop:
 
     def __enter__(self) -> TrainLoop:
         resume_step = self.start if self.resumed else None
-        self._loads = common.ExpertLoadLog(self.run_dir, resume_step=resume_step)
-        self._tracker = tracking.Tracker(self.run_dir, tensorboard=self.cfg.tensorboard, resume=self.resumed, resume_step=resume_step)
+        if distributed.is_main():  # one writer per file
+            self._loads = common.ExpertLoadLog(self.run_dir, resume_step=resume_step)
+            self._tracker = tracking.Tracker(self.run_dir, tensorboard=self.cfg.tensorboard, resume=self.resumed, resume_step=resume_step)
         self._stop = common.StopFlag().__enter__()
         return self
 
@@ -106,7 +115,10 @@ class TrainLoop:
         return lr
 
     def guard(self, loss: torch.Tensor) -> str | None:
-        """``common.nonfinite_guard`` on this loop's model: what is NaN/Inf after backward, or None."""
+        """``common.nonfinite_guard`` on this loop's model: what is NaN/Inf after backward, or None
+        (under torchrun: on any rank, so that all skip together)."""
+        if distributed.world() > 1:
+            return distributed.nonfinite(loss, self.model)
         return common.nonfinite_guard(loss, self.model)
 
     def clip_and_step(self, grad_clip: float) -> float:
@@ -115,7 +127,7 @@ class TrainLoop:
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         self.optimizer.step()
-        return float(norm)
+        return distributed.full(norm)  # FSDP2: a DTensor over the shards
 
     def backward_step(self, loss: torch.Tensor, grad_clip: float) -> tuple[str | None, float]:
         """Zero the gradients, backpropagate ``loss``, and step unless something is non-finite.
@@ -136,9 +148,12 @@ class TrainLoop:
         expert loads, count a skipped non-finite step (``bad``), save a checkpoint when one is due
         (with ``state``, the stage's own JSON-able state, returned as ``loop.state`` on resume), and
         stop here if a signal asked for it."""
-        assert self._tracker is not None and self._stop is not None and self._loads is not None, "use `with loop:`"
-        self._loads.log(step, load_LE)
-        self._tracker.log(step, metrics)
+        assert self._stop is not None, "use `with loop:`"
+        if self._tracker is not None and self._loads is not None:  # rank 0 (or one process)
+            self._loads.log(step, load_LE)
+            self._tracker.log(step, metrics)
+        if distributed.world() > 1 and distributed.any_rank(self._stop.requested) and not self._stop.requested:
+            self._stop.signum = signal.SIGTERM  # another rank was signalled: stop at the same step
         self.bad_steps = common.count_bad_step(bad, self.bad_steps, step, self.cfg.max_bad_steps, self.last_path)
         if postfix and self._bar is not None:
             self._bar.set_postfix(dict(postfix), refresh=False)
@@ -149,7 +164,8 @@ class TrainLoop:
     def save(self, step: int, state: Mapping[str, Any] | None = None) -> Path:
         """Write checkpoint ``step`` now (model, optimizer, extra models, generators, state)."""
         full = {**(state or {}), **common.model_state(self.model), "bad_steps": self.bad_steps}
-        self.last_path = checkpoint.save(self.run_dir, step, self.model, self.optimizer, state=full, extra_models=self.extra_models,
-                                         generators=self.generators, keep=self.cfg.keep_checkpoints)
+        save = checkpoint.save_sharded if distributed.world() > 1 else checkpoint.save
+        self.last_path = save(self.run_dir, step, self.model, self.optimizer, state=full, extra_models=self.extra_models,
+                              generators=self.generators, keep=self.cfg.keep_checkpoints)
         return self.last_path
 

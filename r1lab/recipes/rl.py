@@ -7,6 +7,12 @@ score them with the task's rule-based rewards (plus any extra reward functions),
 advantages, take mu passes of clipped policy-gradient steps over mini-batches (accumulating over
 micro-batches), and log, checkpoint and periodically evaluate. The maths lives in ``r1lab.rl``;
 this file only wires it.
+
+Under torchrun (DDP, docs/distributed.md) every rank draws the same world x B prompts and keeps
+groups rank::world, so a GRPO group never spans ranks; it samples them with its own generator
+(seeded by seed and rank), advantages are computed over the gathered rewards of all ranks, the
+loss is normalised by the global token (sequence) count, gradients are averaged by DDP, expert
+loads summed before the bias update, and the periodic evaluation is split across ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from r1lab import lora, rl, rollout
+from r1lab import distributed, lora, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
 from r1lab.recipes import common, context, prompts
@@ -82,6 +88,9 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
     N = ro.tokens.shape[0]
     mb_mask = loss_mask[mb]
     totals = (float(mb_mask.sum()), float((mb_mask.sum(-1) > 0).sum()))
+    world = distributed.world()
+    if world > 1:  # normalise by all ranks' tokens; DDP's gradient mean over ranks is undone by x world
+        totals = tuple(distributed.all_reduce_(torch.tensor(totals, dtype=torch.float64)).tolist())
     mb_loss, mismatch = torch.zeros(()), []
     for micro in _chunks(mb, r.micro_batch_size):
         rows = slice(None) if len(micro) == N else micro  # the whole batch: no copy
@@ -96,7 +105,7 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
                              is_weight[rows] if is_weight is not None else None, ent, r.entropy_coef, totals)
         share = len(micro) / len(mb)  # MoE aux loss is a mean per forward: weight it by rows
         loss = out.loss + aux if share == 1.0 else out.loss + aux * share
-        loss.backward()
+        (loss * world if world > 1 else loss).backward()
         mb_loss = mb_loss + out.loss.detach()
         n_tok = float(loss_mask[rows].sum())
         for key, v in (("clip_low", out.clip_low_frac), ("clip_high", out.clip_high_frac), ("kl", out.kl), ("ratio", out.ratio_mean), ("entropy", out.entropy)):
@@ -125,9 +134,14 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     # The reference policy is the starting point, frozen; only built when the KL term uses it
     # (with LoRA it is the policy itself with its adapters switched off: no second copy).
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
+    world, rank = distributed.world(), distributed.rank()
+    if world > 1:
+        _check_distributed(cfg)
+    # Sampling runs the plain module on each rank; the trainer's forward goes through DDP.
+    train_policy = distributed.wrap(policy, cfg.dist, torch.device("cpu"), find_unused=policy.mtp is not None)
     opt = common.make_optimizer(policy, r.lr, r.weight_decay)
-    data_rng = random.Random(cfg.seed)
-    sample_gen = torch.Generator().manual_seed(cfg.seed)
+    data_rng = random.Random(cfg.seed)  # the same on every rank: the global prompt list
+    sample_gen = torch.Generator().manual_seed(cfg.seed if world == 1 else cfg.seed * 1_000_003 + rank)
     extra = {"ref_model": ref} if ref is not None else {}
 
     loop = TrainLoop(cfg, run_dir, "rl", policy, opt, total=r.steps, generators={"data": data_rng, "sample": sample_gen, **source.generators},
@@ -152,7 +166,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             kept: list[tuple[list[Example], rollout.Rollout, list[str], torch.Tensor, dict, list]] = []
             n_kept, drawn, rounds, t_score = 0, 0, 0, 0.0
             while True:
-                examples = source.draw(data_rng, r.prompts_per_step)
+                examples = source.draw(data_rng, r.prompts_per_step * world)[rank::world]  # whole groups per rank
                 ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, sample_gen, repeats=G)
                 ts = time.perf_counter()
                 row_examples = [ex for ex in examples for _ in range(G)]
@@ -200,7 +214,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t_ref = time.perf_counter() - t1
 
             # 3. Advantages; the loss mask drops truncated completions under DAPO's overlong filter.
-            adv_N = rl.advantages(rewards_N, G, r.advantage, r.scale_rewards)  # (N,)
+            adv_N, all_rewards = rank_advantages(rewards_N, G, r)  # (N,), (world * N,)
             loss_mask = ro.completion_mask
             if r.overlong == "mask":
                 loss_mask = loss_mask & ro.finished[:, None]
@@ -235,7 +249,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                     mb = (mb_groups[:, None] * G + torch.arange(G)).reshape(-1).sort().values  # (rows,)
                     tf = time.perf_counter()
                     opt.zero_grad(set_to_none=True)
-                    mb_loss, first = backward_minibatch(policy, ro, mb, loss_mask, old_logp, adv_N, ref_logp, is_weight, r, settings, stats)
+                    mb_loss, first = backward_minibatch(train_policy, ro, mb, loss_mask, old_logp, adv_N, ref_logp, is_weight, r, settings, stats)
                     if update == 0 and mismatch is None and not losses:  # same weights as the sampler: must agree
                         mismatch = first
                     train_tokens += int(ro.attention_mask[mb].sum())
@@ -258,9 +272,9 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             lengths = ro.completion_lengths.float()
             groups = rewards_N.view(-1, G)
             n_tok = max(stats["tokens"], 1.0)
-            metrics = {
-                "rollout/reward_mean": float(rewards_N.mean()),
-                "rollout/reward_std": float(rewards_N.std()),
+            metrics = {  # rewards over all ranks; the other rollout/* figures are rank 0's groups
+                "rollout/reward_mean": float(all_rewards.mean()),
+                "rollout/reward_std": float(all_rewards.std()),
                 **{f"reward/{k}_mean": float(v.mean()) for k, v in parts.items()},
                 **{f"reward/{k}_std": float(v.std()) for k, v in parts.items()},
                 **{f"reward/{k}_mean": float(torch.tensor([getattr(s, k) for s in scores]).mean()) for k in ("format", "correct")},
@@ -313,11 +327,39 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     return loop.last_path
 
 
+def rank_advantages(rewards_N: torch.Tensor, G: int, r: RLConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages of this rank's rows (N,), every rank's rewards in rank order (world * N,)).
+
+    Each rank holds whole groups of G rows; the advantages are computed over all ranks' rewards,
+    so a group baseline sees its whole group and a batch-level one (REINFORCE++, batch std) the
+    global batch. In one process: ``rl.advantages`` of ``rewards_N``."""
+    world = distributed.world()
+    if world == 1:
+        return rl.advantages(rewards_N, G, r.advantage, r.scale_rewards), rewards_N
+    all_rewards = torch.cat(distributed.gather_objects(rewards_N))  # (world * N,)
+    return rl.advantages(all_rewards, G, r.advantage, r.scale_rewards).view(world, -1)[distributed.rank()], all_rewards
+
+
+def _check_distributed(cfg: Config) -> None:
+    """What RL under torchrun does not support yet, named in one line each."""
+    r = cfg.rl
+    for key, bad, why in (
+        ("dist.strategy", cfg.dist.strategy != "ddp", "RL under torchrun needs ddp: FSDP2 would make every rank's sampler take part in each decoding step's all-gather"),
+        ("rl.dynamic_sampling", r.dynamic_sampling, "DAPO dynamic sampling runs in one process only (ranks would redraw different numbers of rounds)"),
+        ("rl.logprob_chunk", r.logprob_chunk > 0, "chunked trainer log-probs run in one process only"),
+        ("data.prompts", cfg.data.prompts != "uniform", "curriculum and pass-rate sources run in one process only (each rank would track its own pass rates)"),
+    ):
+        if bad:
+            raise common.StageError(f"config key {key}: {why}")
+
+
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("rl needs --init RUN_OR_CHECKPOINT_FOLDER (a pretrained model)")
-    run_dir = common.run_dir_for(cfg, "rl")
-    common.prepare_run_dir(run_dir, cfg)
+    run_dir = distributed.broadcast_object(common.run_dir_for(cfg, "rl"))  # one folder for all ranks
+    if distributed.is_main():
+        common.prepare_run_dir(run_dir, cfg)
+    distributed.barrier()
     path = run(cfg, run_dir, cfg.init)
     common.print_stage_summary(run_dir, "rl", ["rollout/reward_mean", "rollout/correct_rate", "rollout/mean_len", "rollout/zero_var_group_frac", "eval/pass@1"])
     print(f"rl: final checkpoint {path}")
