@@ -298,6 +298,70 @@ class LoRAConfig:
 
 
 @dataclass
+class SFTConfig:
+    data: str = ""
+    "records: jsonl:PATH or a .jsonl/.json/.csv/.parquet file (read by `datasets`); rows {prompt, completion} or {question, answer[, solution]}, rendered in the R1 template"
+    steps: int = 100
+    "optimizer steps"
+    batch_size: int = 8
+    "rows per step, each up to model.max_seq_len tokens (with packing: several whole documents per row)"
+    packing: bool = True
+    "pack whole documents into rows with block-diagonal attention (no attention across documents); False pads one per row"
+    lr: float = 1e-3
+    "peak AdamW learning rate"
+    min_lr_ratio: float = 0.1
+    "final learning rate as a fraction of the peak (cosine decay)"
+    warmup_steps: int = 5
+    "linear warm-up steps"
+    weight_decay: float = 0.0
+    "AdamW weight decay on matrices"
+    grad_clip: float = 1.0
+    "global gradient-norm clip; 0 disables it"
+    val_fraction: float = 0.05
+    "share of distinct prompts held out for the validation loss (at least one when > 0); 0 disables it"
+    eval_every: int = 20
+    "validation loss on the held-out slice every N steps and at the end (0: never)"
+
+
+@dataclass
+class RejectionConfig:
+    n_prompts: int = 64
+    "distinct train-split prompts to sample from"
+    samples_per_prompt: int = 8
+    "completions drawn per prompt (n)"
+    max_per_prompt: int = 4
+    "distinct accepted completions kept per prompt (0: all)"
+    prompts_per_batch: int = 16
+    "prompts sampled together (memory/speed trade-off only)"
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    "sampling of the candidates (R1 samples at temperature 1 from the RL checkpoint)"
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""
+    "the teacher: a run or checkpoint folder, or hf:PATH"
+    mode: Literal["sequence", "token"] = "sequence"
+    "sequence: SFT on the teacher's verified samples (DeepSeek-R1's distillation); token: KL to the teacher's logits"
+    kl: Literal["forward", "reverse"] = "forward"
+    "token mode: KL(teacher || student) (forward, word-level KD) or KL(student || teacher) (reverse, MiniLLM)"
+    top_k: int = 0
+    "token mode: renormalise both distributions over the teacher's top-k tokens; 0: the full vocabulary"
+    temperature: float = 1.0
+    "token mode: softmax temperature of both distributions (loss scaled by its square, Hinton et al.)"
+    data: str = ""
+    "token mode: SFT records whose completions carry the loss (as sft.data); empty: fresh teacher samples on train prompts each step"
+    steps: int = 100
+    "token mode: optimizer steps (sequence mode uses sft.steps)"
+    prompts_per_step: int = 8
+    "token mode without data: prompts sampled by the teacher per step (with data: sft.batch_size rows)"
+    lr: float = 1e-3
+    "token mode: peak AdamW learning rate (cosine decay to sft.min_lr_ratio, warm-up sft.warmup_steps)"
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    "token mode: teacher sampling"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -331,6 +395,9 @@ class Config:
     label: LabelConfig = field(default_factory=LabelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -407,12 +474,29 @@ class Config:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
             ("max_bad_steps", self.max_bad_steps >= 1, "must be >= 1"),
             ("label.n_traces", self.label.n_traces >= 1, "must be >= 1"),
+            ("sft.steps", self.sft.steps >= 0, "must be >= 0"),
+            ("sft.batch_size", self.sft.batch_size >= 1, "must be >= 1"),
+            ("sft.lr", self.sft.lr > 0, "must be positive"),
+            ("sft.min_lr_ratio", 0 <= self.sft.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("sft.warmup_steps", self.sft.warmup_steps >= 0, "must be >= 0"),
+            ("sft.val_fraction", 0 <= self.sft.val_fraction < 1, "must be in [0, 1)"),
+            ("sft.eval_every", self.sft.eval_every >= 0, "must be >= 0"),
+            ("rejection.n_prompts", self.rejection.n_prompts >= 1, "must be >= 1"),
+            ("rejection.samples_per_prompt", self.rejection.samples_per_prompt >= 1, "must be >= 1"),
+            ("rejection.max_per_prompt", self.rejection.max_per_prompt >= 0, "must be >= 0 (0: all)"),
+            ("rejection.prompts_per_batch", self.rejection.prompts_per_batch >= 1, "must be >= 1"),
+            ("distill.top_k", self.distill.top_k >= 0, "must be >= 0 (0: the full vocabulary)"),
+            ("distill.temperature", self.distill.temperature > 0, "must be positive"),
+            ("distill.steps", self.distill.steps >= 0, "must be >= 0"),
+            ("distill.prompts_per_step", self.distill.prompts_per_step >= 1, "must be >= 1"),
+            ("distill.lr", self.distill.lr > 0, "must be positive"),
             ("label.port", 0 <= self.label.port <= 65535, "must be in [0, 65535]"),
             ("label.agreement", len(self.label.agreement) in (0, 2), "needs exactly two label files"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks
-        for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample)):
+        for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample),
+                          ("rejection.sample", self.rejection.sample), ("distill.sample", self.distill.sample)):
             checks += [
                 (f"{prefix}.temperature", s.temperature > 0 or (s.temperature == 0 and prefix != "rl.sample"),
                  "must be positive (RL rollouts) or >= 0 (0: greedy, eval and sample)"),

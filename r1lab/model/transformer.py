@@ -174,10 +174,19 @@ class Transformer(nn.Module):
         """The (V, D) output matrix: the embedding unless cfg.tie_embeddings is False."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache):
+    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache, doc_ids_BT=None):
         """RoPE tables at the positions, the (B, 1, T, S) boolean mask (None: plain causal), and
-        the (B, T) real-token mask of the MoE statistics implied by ``key_mask_BS``."""
+        the (B, T) real-token mask of the MoE statistics implied by ``key_mask_BS``. With
+        ``doc_ids_BT`` (packed rows), the mask is block-diagonal causal and positions restart at
+        every document."""
         past = cache.length if cache is not None else 0
+        if doc_ids_BT is not None:
+            if cache is not None or key_mask_BS is not None:
+                raise ValueError("doc_ids_BT (packed documents) is for training passes: no cache, no key_mask_BS")
+            if positions_BT is None:
+                positions_BT = document_positions(doc_ids_BT)
+            cos, sin = self.rope_cos[positions_BT], self.rope_sin[positions_BT]  # (B, T, d/2)
+            return cos, sin, document_mask(doc_ids_BT)[:, None], None  # mask (B, 1, T, T)
         if positions_BT is None:
             positions_BT = torch.arange(past, past + T, device=device).expand(B, T)
         # Positions, not cache slots, are bounded: speculative decoding leaves rejected drafts'
@@ -199,7 +208,8 @@ class Transformer(nn.Module):
         return cos, sin, mask, token_mask
 
     def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
-                cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None, logits: bool = True) -> ModelOutput:
+                cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None, logits: bool = True,
+                doc_ids_BT: torch.Tensor | None = None) -> ModelOutput:
         """Logits for ``ids_BT``.
 
         Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
@@ -209,9 +219,12 @@ class Transformer(nn.Module):
         ``token_mask_BT`` marks the real tokens for the MoE balance losses and load statistics
         when it cannot be read off ``key_mask_BS`` (pretraining's right padding). ``logits=False``
         returns the normed hidden states (``normed_BTD``) instead of logits, for losses that apply
-        the output matrix a slice at a time (``r1lab.logprobs``) so that (B, T, V) never exists."""
+        the output matrix a slice at a time (``r1lab.logprobs``) so that (B, T, V) never exists.
+        ``doc_ids_BT`` (B, T) packs several documents in a row (SFT): a token attends only to
+        earlier tokens with its own document id, and positions restart at each document (unless
+        given), so a packed row computes what each document alone would (``document_mask``)."""
         B, T = ids_BT.shape
-        cos, sin, mask, token_mask = self._attention_inputs(B, T, ids_BT.device, positions_BT, key_mask_BS, cache)
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, ids_BT.device, positions_BT, key_mask_BS, cache, doc_ids_BT)
         if token_mask_BT is not None:
             token_mask = token_mask_BT
         x = self.embed(ids_BT)
@@ -249,6 +262,25 @@ class Transformer(nn.Module):
         logits = F.linear(m.norm(x), self.head_weight())  # the shared output head
         aux = stats.aux_loss if stats is not None else x.new_zeros((), dtype=torch.float32)
         return ModelOutput(logits, aux, stats.load_E[None] if stats is not None else None, hidden_BTD=x)
+
+
+def document_mask(doc_ids_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) boolean: query t sees key s when s <= t and both carry the same document id
+    (block-diagonal causal attention over packed documents; every query sees itself)."""
+    T = doc_ids_BT.shape[1]
+    causal_TT = torch.ones(T, T, dtype=torch.bool, device=doc_ids_BT.device).tril()
+    return causal_TT[None] & (doc_ids_BT[:, :, None] == doc_ids_BT[:, None, :])
+
+
+def document_positions(doc_ids_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T) position of each token within its document: 0 wherever the id changes, counting
+    up until the next change (documents are contiguous runs of one id)."""
+    B, T = doc_ids_BT.shape
+    idx_BT = torch.arange(T, device=doc_ids_BT.device).expand(B, T)
+    starts_BT = torch.ones_like(doc_ids_BT, dtype=torch.bool)
+    starts_BT[:, 1:] = doc_ids_BT[:, 1:] != doc_ids_BT[:, :-1]
+    first_BT = torch.where(starts_BT, idx_BT, torch.zeros_like(idx_BT)).cummax(dim=1).values  # (B, T) start of own document
+    return idx_BT - first_BT
 
 
 def count_parameters(model: Transformer) -> tuple[int, int]:
