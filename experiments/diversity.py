@@ -86,7 +86,10 @@ def main() -> None:
     rl_ckpt = stage(cfg, out / "rl", lambda c, d: rl.run(c, d, base))
     walls["rl"] = time.perf_counter() - t
     t = time.perf_counter()
-    data = rejection_sample.run(cfg, out / "rejection", rl_ckpt)
+    data = out / "rejection" / "samples.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    if not rejection_sample.run(cfg, data, rl_ckpt)["kept"]:
+        raise SystemExit("diversity: the RL model's samples were all rejected; nothing to distil (train longer)")
     distilled = stage(config_lib.build(config_lib.to_dict(cfg), {"sft": {"data": f"jsonl:{data}"}}), out / "distilled",
                       lambda c, d: sft.run(c, d, base))
     walls["distilled"] = time.perf_counter() - t

@@ -16,7 +16,8 @@ rewards as the first (no helpfulness/harmlessness reward models). With ``--init`
 pretrained model (e.g. ``runs/zero-x/pretrain``) replaces the pretraining stage.
 
     <run>/config.yaml, tokenizer.json
-    <run>/pretrain/ sft1/ rl1/ rejection/ sft2/ rl2/   each: checkpoints/, metrics.jsonl
+    <run>/pretrain/ sft1/ rl1/ sft2/ rl2/   each: checkpoints/, metrics.jsonl
+    <run>/rejection/samples.jsonl, samples.stats.json   accepted samples of rl1 and their statistics
     <run>/data/cold_start.jsonl                          the cold-start SFT records
     <run>/eval/<stage>.json (+ .samples.jsonl), eval/pass_at_k.png
     <run>/summary.json, report.html
@@ -85,6 +86,21 @@ def _with(cfg: Config, section: str, **changes: object) -> Config:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
+def _rejection_sample(cfg: Config, out: Path, init: Path) -> tuple[str, dict]:
+    """(``jsonl:`` spec of the accepted samples, statistics); on ``--resume`` a complete earlier
+    sampling from the same checkpoint is reused (it is deterministic: the same file again)."""
+    stats_file = rejection_sample.stats_path(out)
+    if cfg.resume and out.is_file() and stats_file.is_file():
+        try:
+            stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        except ValueError:
+            stats = {}
+        if stats.get("complete") and stats.get("init") == str(common.resolve_checkpoint(init).path):
+            return f"jsonl:{out}", stats
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return f"jsonl:{out}", rejection_sample.run(cfg, out, init)
+
+
 def main(cfg: Config) -> Path:
     t0 = time.time()
     r = cfg.r1
@@ -103,14 +119,22 @@ def main(cfg: Config) -> Path:
     common.prepare_run_dir(run_dir, cfg)
     print(f"r1: run folder {run_dir}")
     results: dict[str, EvalResult] = {}
+    stage_s: dict[str, float] = {}  # seconds each step of the pipeline took in this process (a resumed one skips what was done)
+    clock = [time.time()]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        stage_s[name], clock[0] = now - clock[0], now
 
     def evaluate(name: str, ckpt: Path) -> None:
         results[name] = zero._evaluate(cfg, ckpt, run_dir / "eval" / f"{name}.json", f"eval {name}")
+        lap(f"eval {name}")
         print(tracking.format_table([{"model": name, **results[name].metrics}], title=f"{name}, {zero.split_label(cfg.eval.split)}"))
 
     with common.StopFlag() as stop:
         # 0. The base: zero's pretraining (or a given model).
         base_ckpt = common.resolve_checkpoint(cfg.init).path if cfg.init else pretrain.run(cfg, run_dir / "pretrain")
+        lap("pretrain")
         evaluate("base", base_ckpt)
         stop.check_done("the base model's evaluation")
 
@@ -122,35 +146,43 @@ def main(cfg: Config) -> Path:
             cold = f"jsonl:{write_jsonl(run_dir / 'data' / 'cold_start.jsonl', records)}"
             print(f"r1: cold-start set of {len(records)} worked solutions from the {task.name} train split")
         sft1_ckpt = sft.run(_with(cfg, "sft", data=cold, steps=r.cold_start_steps), run_dir / "sft1", base_ckpt)
+        lap("sft1")
         evaluate("sft1", sft1_ckpt)
         stop.check_done("the cold-start model's evaluation")
 
         # 2. Reasoning-oriented RL.
         rl1_ckpt = rl.run(_with(cfg, "rl", steps=r.rl1_steps), run_dir / "rl1", sft1_ckpt)
+        lap("rl1")
         evaluate("rl1", rl1_ckpt)
         stop.check_done("the first RL stage's evaluation")
 
         # 3. Rejection sampling from the RL policy: verified, deduplicated, capped per prompt.
-        rs_data = rejection_sample.run(cfg, run_dir / "rejection", rl1_ckpt)
+        rs_data, rs_stats = _rejection_sample(cfg, run_dir / "rejection" / "samples.jsonl", rl1_ckpt)
+        lap("rejection")
         stop.check_done("rejection sampling")
+        if not rs_stats.get("kept"):  # nothing verified to learn from: say so, and reuse the cold-start set
+            print(f"r1: rejection sampling accepted no sample of {rs_stats.get('samples')}; the second SFT uses the cold-start set")
+            rs_data = cold
 
         # 4. SFT on the accepted samples, from the base (the paper) or from the RL policy.
         sft2_init = base_ckpt if r.sft2_from == "base" else rl1_ckpt
-        sft2_ckpt = sft.run(_with(cfg, "sft", data=f"jsonl:{rs_data}", steps=r.sft2_steps), run_dir / "sft2", sft2_init)
+        sft2_ckpt = sft.run(_with(cfg, "sft", data=rs_data, steps=r.sft2_steps), run_dir / "sft2", sft2_init)
+        lap("sft2")
         evaluate("sft2", sft2_ckpt)
         stop.check_done("the second SFT stage's evaluation")
 
         # 5. The second RL stage; its own seed, so that it does not replay the first stage's prompts.
         rl2_ckpt = rl.run(dataclasses.replace(_with(cfg, "rl", steps=r.rl2_steps), seed=cfg.seed + 1), run_dir / "rl2", sft2_ckpt)
+        lap("rl2")
         evaluate("rl2", rl2_ckpt)
 
-    stats_path = run_dir / "rejection" / "stats.json"
     summary = {
         "task": cfg.task,
         "stages": {name: {k: res.metrics[k] for k in SUMMARY_KEYS if k in res.metrics} | res.diversity for name, res in results.items()},
         "pass_curves": {name: res.pass_curve for name, res in results.items()},
-        "rejection": json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {},
+        "rejection": {k: v for k, v in rs_stats.items() if k != "per_prompt"},
         "wall_s": time.time() - t0,
+        "stage_s": stage_s,
         "eval": {"split": cfg.eval.split, "n_problems": cfg.eval.n_problems, "n": cfg.eval.n_samples, "temperature": cfg.eval.sample.temperature},
         "resumed": cfg.resume,
     }
