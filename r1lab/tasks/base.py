@@ -65,6 +65,11 @@ class Task(ABC):
         operands, permuted numbers) override it."""
         return " ".join(example.question.split())
 
+    def difficulty(self, example: Example) -> str | None:
+        """A label of the example's difficulty (``r1lab rejection-sample`` reports acceptance per
+        label), or None when the task has none (the default)."""
+        return None
+
     def examples(self, split: Split, n: int, seed: int) -> list[Example]:
         """``n`` distinct examples of ``split``, deterministic in ``seed`` (for evaluation).
 

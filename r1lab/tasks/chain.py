@@ -47,6 +47,10 @@ class ChainTask(ProceduralTask):
             else:
                 return Example(question=expr, answer=str(value), solution="\n".join(steps))
 
+    def difficulty(self, example: Example) -> str | None:
+        """The number of operations (min_ops .. max_ops; all 3 by default)."""
+        return f"{sum(example.question.count(op) for op in _OPS)} ops"
+
     def key(self, example: Example) -> str:
         numbers = sorted(int(n) for n in re.findall(r"\d+", example.question))
         ops = sorted(re.findall(r"[-+*]", example.question))

@@ -61,6 +61,10 @@ class SortTask(ProceduralTask):
         lines = selection_sort_steps(items, key)
         return Example(question=f"Sort: {' '.join(items)}", answer=lines[-1], solution="\n".join(lines))
 
+    def difficulty(self, example: Example) -> str | None:
+        """The list's length (min_len .. max_len items)."""
+        return f"{len(example.question.removeprefix('Sort: ').split())} items"
+
     def key(self, example: Example) -> str:
         items = example.question.removeprefix("Sort: ").split()
         numeric = all(item.isdigit() for item in items)
