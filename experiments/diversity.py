@@ -27,6 +27,7 @@ from r1lab.config import Config, EvalConfig
 from r1lab.evaluate import EvalResult
 from r1lab.recipes import common, pretrain, rejection_sample, rl, sft
 from r1lab.recipes.eval import evaluate_model
+from r1lab.recipes.r1 import cold_start_records, write_jsonl
 from r1lab.report import experiment, plots
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
@@ -88,8 +89,11 @@ def main() -> None:
     t = time.perf_counter()
     data = out / "rejection" / "samples.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
-    if not rejection_sample.run(cfg, data, rl_ckpt)["kept"]:
-        raise SystemExit("diversity: the RL model's samples were all rejected; nothing to distil (train longer)")
+    source = "the RL model's verified samples (rejection sampling)"
+    if not rejection_sample.run(cfg, data, rl_ckpt)["kept"]:  # a tiny --quick model: nothing verified to distil
+        source = "the task's worked solutions: rejection sampling accepted none of the RL model's samples"
+        print(f"diversity: distilling {source}")
+        write_jsonl(data, cold_start_records(task, common.load_tokenizer(base), 64, args.seed))
     distilled = stage(config_lib.build(config_lib.to_dict(cfg), {"sft": {"data": f"jsonl:{data}"}}), out / "distilled",
                       lambda c, d: sft.run(c, d, base))
     walls["distilled"] = time.perf_counter() - t
@@ -123,8 +127,8 @@ def main() -> None:
     parts.append(f"distinct answers per problem: base {da['base']:.2f}, rl {da['rl']:.2f}, distilled {da['distilled']:.2f} "
                  f"({'distillation narrowed them' if da['distilled'] < da['base'] else 'distillation did not narrow them'} relative to the base; "
                  f"distilled pass@1 {d[0]:.3f})")
-    verdict = "; ".join(parts)
-    summary = {"quick": args.quick, "seeds": [args.seed], "task": args.task, "n": n, "problems": problems,
+    verdict = "; ".join(parts) + f" (distilled from {source})"
+    summary = {"quick": args.quick, "seeds": [args.seed], "task": args.task, "n": n, "problems": problems, "distilled_from": source,
                "pass_curves": {m: r.pass_curve for m, r in results.items()}, "crossing_k": cross,
                "arms": {m: {"metrics": r.metrics, "diversity": r.diversity} for m, r in results.items()}, "verdict": verdict}
     experiment.write(out, "diversity", rows, summary, title=f"diversity of base, RL and distilled models on held-out {args.task} (n={n})")
