@@ -7,6 +7,7 @@
     r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
     r1lab sft --init runs/base --sft.data jsonl:cold_start.jsonl
     r1lab rejection-sample --init runs/rl --out traces.jsonl --rejection.samples_per_prompt 8
+    r1lab distill --distill.teacher runs/rl --model.ffn dense --distill.mode token
     r1lab sample "7+5*2-3" --init runs/rl
     r1lab check-task countdown                  leak check of a task's splits, corpus and RL prompts
     r1lab report runs/zero-x                    (re)write report.html of a run or experiment folder
@@ -48,6 +49,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
     "sft": ("r1lab.recipes.sft", "supervised fine-tuning of --init (or a fresh model) on prompt/completion records (--sft.data)", ("model", "sft")),
     "rejection-sample": ("r1lab.recipes.rejection_sample", "sample --init n times per train prompt, keep verified well-formed answers: an SFT jsonl at --out (+ .stats.json)", ("rejection",)),
+    "distill": ("r1lab.recipes.distill", "distil --distill.teacher into --init (or a fresh model): SFT on its verified samples, or token-level KL", ("model", "sft", "rejection", "distill")),
 }
 # Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.
 POSITIONAL: dict[str, tuple[str, ...]] = {"export": ("init", "out"), "import": ("init", "out")}

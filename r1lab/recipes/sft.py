@@ -138,20 +138,20 @@ def split_heldout(records: list[Record], fraction: float) -> tuple[list[int], li
     return [i for i, r in enumerate(records) if r.prompt not in held], [i for i, r in enumerate(records) if r.prompt in held]
 
 
-def load_data(cfg: Config, tok: BaseTokenizer, max_len: int) -> tuple[list[Sequence], list[Sequence]]:
-    """(train, validation) sequences of ``cfg.sft.data``; StageError when nothing usable is left."""
+def load_data(spec: str, val_fraction: float, tok: BaseTokenizer, max_len: int) -> tuple[list[Sequence], list[Sequence]]:
+    """(train, validation) sequences of the records at ``spec``; StageError when nothing usable is left."""
     try:
-        records = read_records(cfg.sft.data, tok)
+        records = read_records(spec, tok)
     except ValueError as e:
         raise common.StageError(str(e)) from None
     pairs = [(r, tokenize(r, tok)) for r in records]
     pairs = [(r, seq) for r, seq in pairs if len(seq.ids) <= max_len]
     if not pairs:
-        raise common.StageError(f"SFT data {cfg.sft.data}: no usable record: all {len(records)} exceed model.max_seq_len={max_len} tokens")
+        raise common.StageError(f"SFT data {spec}: no usable record: all {len(records)} exceed model.max_seq_len={max_len} tokens")
     if len(pairs) < len(records):
         print(f"r1lab: warning: sft: {len(records) - len(pairs)} of {len(records)} records exceed model.max_seq_len={max_len} tokens and are skipped",
               file=sys.stderr)
-    train_idx, val_idx = split_heldout([r for r, _ in pairs], cfg.sft.val_fraction)
+    train_idx, val_idx = split_heldout([r for r, _ in pairs], val_fraction)
     return [pairs[i][1] for i in train_idx], [pairs[i][1] for i in val_idx]
 
 
@@ -231,7 +231,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     tok = common.load_tokenizer(init)
     model, start_path = start_model(cfg, init, tok)
     max_len = model.cfg.max_seq_len
-    train, val = load_data(cfg, tok, max_len)
+    train, val = load_data(s.data, s.val_fraction, tok, max_len)
     opt = common.make_optimizer(model, s.lr, s.weight_decay)
     loop = TrainLoop(cfg, run_dir, "sft", model, opt, total=s.steps, start_path=start_path)
     if loop.finished:
