@@ -7,7 +7,7 @@ finds the distilled Qwen-32B far ahead of the same model trained with large-scal
   teacher    the MoE model of ``r1lab zero`` (pretrained, then GRPO); ``--teacher RUN`` reuses one
   student    a small dense model pretrained on the same corpus (fewer steps, a quarter of the width)
   distilled  the student after sequence-level distillation: ``r1lab distill`` (SFT on the teacher's
-             verified samples of train prompts), timed
+             verified samples of train prompts; ``--mode token``: KL to its logits), timed
   rl         the student after GRPO for the same wall-clock as the distillation (run in chunks of
              ``--chunk`` steps until it has used as much time; it resumes bit-identically between chunks)
 All four are evaluated on the same held-out problems, n samples each: pass@1 and pass@n.
@@ -64,7 +64,9 @@ def main() -> None:
     ap.add_argument("--task", default="chain")
     ap.add_argument("--teacher", default="", help="an RL-trained run or checkpoint folder to reuse as the teacher (e.g. runs/zero-x)")
     ap.add_argument("--student-pretrain-steps", type=int, default=600)
-    ap.add_argument("--distill-steps", type=int, default=100, help="SFT steps on the teacher's verified samples")
+    ap.add_argument("--distill-steps", type=int, default=100, help="SFT steps on the teacher's verified samples (token mode: KL steps)")
+    ap.add_argument("--mode", choices=["sequence", "token"], default="sequence",
+                    help="sequence: SFT on the teacher's verified samples (DeepSeek-R1); token: KL to the teacher's logits")
     ap.add_argument("--chunk", type=int, default=5, help="RL steps between wall-clock checks")
     ap.add_argument("--n", type=int, default=16, help="samples per held-out problem")
     ap.add_argument("--problems", type=int, default=100)
@@ -89,9 +91,12 @@ def main() -> None:
     student, _ = train(student_keys, out / "student", pretrain.run)
 
     # Distillation, timed (teacher sampling included), then RL on the student for as long.
-    distill_keys = {**student_keys, "distill": {**student_keys.get("distill", {}), "teacher": str(teacher), "mode": "sequence"},
+    # --quick: a teacher trained for seconds has no verified sample to learn from, so it distils at token level.
+    mode = "token" if args.quick else args.mode
+    distill_keys = {**student_keys, "distill": {**student_keys.get("distill", {}), "teacher": str(teacher), "mode": mode,
+                                                **({"steps": 2, "prompts_per_step": 2} if args.quick else {"steps": args.distill_steps})},
                     "sft": {**student_keys.get("sft", {}), **({} if args.quick else {"steps": args.distill_steps})}}
-    distilled, distill_s = train(distill_keys, out / "distilled", lambda c, d: distill.run(c, d, student))
+    distilled, distill_s = train(distill_keys, out / "distilled", lambda c, d: distill.run(c, d, student, teacher))
     budget_file = out / "distill_s.txt"
     if not budget_file.is_file() or distill_s > 1.0:  # a reused (finished) distillation keeps its measured time
         budget_file.write_text(f"{distill_s}\n")
@@ -130,7 +135,7 @@ def main() -> None:
                f"pass@1 {d[0]:.3f} and pass@{n} {d[-1]:.3f}, the RL student {r_[0]:.3f} and {r_[-1]:.3f} "
                f"(student base {results['student base'].pass_curve[0]:.3f}, teacher {results['teacher (MoE, RL)'].pass_curve[0]:.3f}): "
                f"DeepSeek-R1's distillation result {'reproduces' if d[0] > r_[0] else 'does not reproduce'} here at pass@1")
-    summary = {"quick": args.quick, "seeds": [args.seed], "task": args.task, "n": n, "problems": problems, "budget_s": budget, "rl_s": rl_s,
+    summary = {"quick": args.quick, "seeds": [args.seed], "mode": mode, "task": args.task, "n": n, "problems": problems, "budget_s": budget, "rl_s": rl_s,
                "rl_steps": steps, "pass_curves": {m: r.pass_curve for m, r in results.items()}, "verdict": verdict}
     experiment.write(out, "distill_vs_rl", rows, summary, title=f"distilled vs RL-trained dense student on held-out {args.task}")
     print(verdict)
