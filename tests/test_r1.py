@@ -120,3 +120,24 @@ def test_r1_killed_in_every_stage_resumes_bit_identical(tmp_path):
     b = load_file(reference / "rl2" / "checkpoints" / "step_4" / "model.safetensors")
     assert same(a, b)
     print(f"\nr1: kill points tried 5 (pretrain, sft1, rl1, sft2, rl2), resumed bit-identically 5 (seed {KILL_SEED})")
+
+
+def test_r1_bad_cold_start_file_is_one_line_exit_2(tmp_path, capsys):
+    from r1lab.cli import main
+
+    assert main(["r1", "--out", str(tmp_path / "r"), "--r1.cold_start_data", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("r1lab: error: r1.cold_start_data") and "\n" not in err
+    assert main(["r1", "--r1.sft2_from", "rl2"]) == 2  # not one of base, rl1
+    assert "r1.sft2_from" in capsys.readouterr().err
+
+
+def test_r1_help_lists_its_stages_settings(capsys):
+    from r1lab.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["r1", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for key in ("--r1.cold_start_examples", "--r1.rl1_steps", "--sft.lr", "--rejection.samples_per_prompt", "--rl.group_size"):
+        assert key in out, key
