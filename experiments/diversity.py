@@ -1,6 +1,6 @@
 """Does RL narrow what a model can solve, and does distillation narrow its answers?
 
-    python experiments/diversity.py [--quick] [--seed 0] [--n 64] [--problems 100] [--base RUN] [--out DIR]
+    python experiments/diversity.py [--quick] [--seed 0] [--n 64] [--problems 100] [--base RUN [--rl RUN]] [--out DIR]
 
 Three models, evaluated on the same held-out problems with the same n samples each (unbiased
 pass@k for every k = 1..n, distinct answers per problem, distinct-2 of the reasoning, entropy):
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="samples per problem (pass@k for k = 1..n)")
     ap.add_argument("--problems", type=int, default=100, help="held-out problems")
     ap.add_argument("--base", default="", help="a pretrained run or checkpoint folder to reuse as the base (e.g. runs/zero-x/pretrain)")
+    ap.add_argument("--rl", default="", help="an RL-trained run or checkpoint folder (trained from --base) to reuse as the RL model")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
@@ -84,7 +85,7 @@ def main() -> None:
         base = stage(cfg, out / "base", pretrain.run)
     walls["base"] = time.perf_counter() - t
     t = time.perf_counter()
-    rl_ckpt = stage(cfg, out / "rl", lambda c, d: rl.run(c, d, base))
+    rl_ckpt = common.resolve_checkpoint(args.rl).path if args.rl else stage(cfg, out / "rl", lambda c, d: rl.run(c, d, base))
     walls["rl"] = time.perf_counter() - t
     t = time.perf_counter()
     data = out / "rejection" / "samples.jsonl"
