@@ -124,13 +124,16 @@ def main() -> None:
         parts.append(f"the curves cross at k={cross}: from there the base solves at least as many problems (as Yue et al. 2025 report)")
     else:
         parts.append(f"the curves do not cross up to k={n}: RL stays above the base at every k (Yue et al.'s crossing is not seen at this n)")
+    cross_d = crossing(b, d)
+    if cross_d is not None:
+        parts.append(f"the distilled model starts above the base (pass@1 {d[0]:.3f} vs {b[0]:.3f}) and the base overtakes it from k={cross_d}")
     da = {m: results[m].diversity["distinct_answers_per_problem"] for m in results}
     parts.append(f"distinct answers per problem: base {da['base']:.2f}, rl {da['rl']:.2f}, distilled {da['distilled']:.2f} "
                  f"({'distillation narrowed them' if da['distilled'] < da['base'] else 'distillation did not narrow them'} relative to the base; "
                  f"distilled pass@1 {d[0]:.3f})")
     verdict = "; ".join(parts) + f" (distilled from {source})"
     summary = {"quick": args.quick, "seeds": [args.seed], "task": args.task, "n": n, "problems": problems, "distilled_from": source,
-               "pass_curves": {m: r.pass_curve for m, r in results.items()}, "crossing_k": cross,
+               "pass_curves": {m: r.pass_curve for m, r in results.items()}, "crossing_k": cross, "distilled_crossing_k": cross_d,
                "arms": {m: {"metrics": r.metrics, "diversity": r.diversity} for m, r in results.items()}, "verdict": verdict}
     experiment.write(out, "diversity", rows, summary, title=f"diversity of base, RL and distilled models on held-out {args.task} (n={n})")
     print(verdict)
