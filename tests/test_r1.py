@@ -141,3 +141,9 @@ def test_r1_help_lists_its_stages_settings(capsys):
     out = capsys.readouterr().out
     for key in ("--r1.cold_start_examples", "--r1.rl1_steps", "--sft.lr", "--rejection.samples_per_prompt", "--rl.group_size"):
         assert key in out, key
+
+
+def test_r1_preset_spells_out_the_embedded_defaults():
+    from r1lab import config as config_lib
+
+    assert config_lib.build(config_lib.load_yaml("r1")) == config_lib.build()
