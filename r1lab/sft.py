@@ -77,31 +77,36 @@ def pad_batch(seqs: list[Sequence], pad_id: int) -> Batch:
     return _rows([[s] for s in seqs], pad_id, max(len(s.ids) for s in seqs), packed=False)
 
 
-def pack(seqs: list[Sequence], seq_len: int, pad_id: int) -> Batch:
-    """Documents in order, each row filled greedily with whole documents up to ``seq_len``
-    tokens; a document that does not fit opens the next row. Every document must fit a row."""
-    rows: list[list[Sequence]] = [[]]
-    used = 0
-    for s in seqs:
-        if len(s.ids) > seq_len:
-            raise ValueError(f"a document of {len(s.ids)} tokens does not fit a row of {seq_len}")
-        if used + len(s.ids) > seq_len:
+def _first_fit(lengths: list[int], seq_len: int) -> list[list[int]]:
+    """Indices of documents per row: each document, in order, goes into the first row with room
+    for it (first-fit bin packing), else opens a new row."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i, n in enumerate(lengths):
+        if n > seq_len:
+            raise ValueError(f"a document of {n} tokens does not fit a row of {seq_len}")
+        r = next((r for r, room in enumerate(free) if room >= n), None)
+        if r is None:
             rows.append([])
-            used = 0
-        rows[-1].append(s)
-        used += len(s.ids)
+            free.append(seq_len)
+            r = len(rows) - 1
+        rows[r].append(i)
+        free[r] -= n
+    return rows
+
+
+def pack(seqs: list[Sequence], seq_len: int, pad_id: int) -> Batch:
+    """Whole documents packed into rows of at most ``seq_len`` tokens (first-fit, in order), right
+    padded to the fullest row; every document must fit a row. The loss, a mean over completion
+    tokens, does not depend on which row a document lands in."""
+    rows = [[seqs[i] for i in row] for row in _first_fit([len(s.ids) for s in seqs], seq_len)]
     width = max(sum(len(s.ids) for s in row) for row in rows)
     return _rows(rows, pad_id, width, packed=True)
 
 
 def pack_rows(seqs: list[Sequence], seq_len: int) -> int:
-    """How many rows ``pack`` would fill with ``seqs``."""
-    rows, used = 1, 0
-    for s in seqs:
-        if used + len(s.ids) > seq_len:
-            rows, used = rows + 1, 0
-        used += len(s.ids)
-    return rows
+    """How many rows ``pack`` fills with ``seqs``."""
+    return len(_first_fit([len(s.ids) for s in seqs], seq_len))
 
 
 def batch_forward(model: torch.nn.Module, b: Batch, logits: bool = True):
@@ -111,10 +116,24 @@ def batch_forward(model: torch.nn.Module, b: Batch, logits: bool = True):
     return model(b.ids_BT[:, :-1], token_mask_BT=b.real_BT[:, :-1], logits=logits, doc_ids_BT=docs)
 
 
-def sft_loss(model: torch.nn.Module, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean NLL of the batch's completion tokens, the MoE aux loss) in one forward pass."""
+def sft_loss(model: torch.nn.Module, b: Batch, mtp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NLL of the batch's completion tokens, the other loss terms: MoE aux loss, and with
+    ``mtp`` on a model with an MTP module its weighted NLL and aux loss) in one forward pass."""
     out = batch_forward(model, b)
-    return masked_nll(out.logits_BTV, b.ids_BT[:, 1:], b.loss_mask_BT[:, 1:]), out.aux_loss
+    extra = out.aux_loss
+    if mtp and model.mtp is not None:
+        mtp_nll, mtp_aux = sft_mtp_loss(model, b, out.hidden_BTD)
+        extra = extra + model.cfg.mtp_loss_weight * mtp_nll + mtp_aux
+    return masked_nll(out.logits_BTV, b.ids_BT[:, 1:], b.loss_mask_BT[:, 1:]), extra
+
+
+def sft_mtp_loss(model: torch.nn.Module, b: Batch, hidden_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean NLL of the MTP module predicting completion token t+2 from the hidden state at t and
+    token t+1, its MoE aux loss), as pretraining trains it (DeepSeek-V3 sec. 2.2); ``hidden_BTD``
+    is ``batch_forward``'s. Across a packed boundary the target is a prompt token: no loss."""
+    docs = None if b.doc_ids_BT is None else b.doc_ids_BT[:, :-2]
+    out = model.mtp_forward(hidden_BTD[:, :-1], b.ids_BT[:, 1:-1], token_mask_BT=b.real_BT[:, :-2], doc_ids_BT=docs)
+    return masked_nll(out.logits_BTV, b.ids_BT[:, 2:], b.loss_mask_BT[:, 2:]), out.aux_loss
 
 
 def distill_kl(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, mask_BT: torch.Tensor,

@@ -141,3 +141,20 @@ def test_distill_killed_at_random_steps_resumes_bit_identical(base_run, tmp_path
     results = survive_kills(["distill", "--out", str(tmp_path / "run"), *argv], tmp_path / "run", reference, steps,
                             [signal.SIGKILL] * KILL_POINTS, tmp_path)
     assert all(results), results
+
+
+def test_sequence_level_resume_reuses_the_complete_traces(base_run, tmp_path, monkeypatch):
+    from r1lab.recipes import rejection_sample
+
+    monkeypatch.setattr(rejection_sample, "accept", lambda texts, ex, task, cap: (list(dict.fromkeys(texts))[: cap or None], len(texts)))
+    layers = {**TINY, "model": {**TINY["model"], "ffn": "dense"}, "rejection": {"n_prompts": 4, "samples_per_prompt": 2, "sample": {"max_new_tokens": 24}}}
+    distill.run(build({**layers, "sft": {"steps": 2}}), tmp_path / "run", "", base_run)
+    traces = (tmp_path / "run" / distill.TRACES_FILE).read_text()
+
+    def no_resampling(*args, **kwargs):
+        raise AssertionError("a resumed run must not sample the teacher again")
+
+    monkeypatch.setattr(rejection_sample, "run", no_resampling)
+    last = distill.run(build({**layers, "sft": {"steps": 4}, "resume": True}), tmp_path / "run", "", base_run)
+    assert last.name == "step_4" and (tmp_path / "run" / distill.TRACES_FILE).read_text() == traces
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]

@@ -138,3 +138,11 @@ def test_sigterm_writes_the_prompts_done_so_far(base_run, tmp_path, monkeypatch)
     stats = json.loads(rs.stats_path(out).read_text())
     assert stats["complete"] is False and stats["prompts"] == 2
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_difficulty_labels_of_a_reasoning_gym_dataset():
+    from r1lab.tasks.gym import GymTask
+
+    task = GymTask("spell_backward", size=20, test_size=5)
+    ex = task.sample(random.Random(0), "train")
+    assert task.difficulty(ex) == f"word_len={len(ex.answer)}"

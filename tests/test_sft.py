@@ -69,7 +69,8 @@ def test_completion_only_loss_prompt_tokens_carry_no_gradient():
     assert torch.allclose(masked_nll(logits.detach(), b.ids_BT[:, 1:], b.loss_mask_BT[:, 1:]), ref)
 
 
-@pytest.mark.parametrize("variant", [{"ffn": "dense"}, {"ffn": "dense", "attention": "mla"}, {"ffn": "moe", "aux_loss_coef": 0.0}])
+@pytest.mark.parametrize("variant", [{"ffn": "dense"}, {"ffn": "dense", "attention": "mla"}, {"ffn": "moe", "aux_loss_coef": 0.0},
+                                     {"ffn": "dense", "mtp_depth": 1}])
 def test_packed_training_equals_unpacked(variant):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64, n_routed_experts=4, top_k=2, d_expert=16, max_seq_len=32, **variant)
@@ -80,17 +81,19 @@ def test_packed_training_equals_unpacked(variant):
     grads = []
     for b in (packed, unpacked):
         model.zero_grad()
-        loss, _ = sft_loss(model, b)
-        loss.backward()
-        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        loss, extra = sft_loss(model, b, mtp=True)  # extra: the MTP module's loss on the MTP variant
+        (loss + extra).backward()
+        grads.append((torch.stack([loss, extra]).detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (lp, gp), (lu, gu) = grads
     assert torch.allclose(lp, lu, atol=1e-10), (lp, lu)
+    if cfg.mtp_depth:
+        assert lp[1] > 0 and any(n.startswith("mtp.") for n in gp)
     assert gp.keys() == gu.keys()
     for n in gp:
         assert torch.allclose(gp[n], gu[n], atol=1e-9), n
     # Plain causal attention across the packed row would differ: the mask matters.
     no_docs = type(packed)(packed.ids_BT, packed.loss_mask_BT, packed.real_BT, None)
-    assert not torch.allclose(sft_loss(model, no_docs)[0], lu)
+    assert not torch.allclose(sft_loss(model, no_docs)[0], lu[0])
 
 
 def test_default_forward_unchanged_by_the_document_path():

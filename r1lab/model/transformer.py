@@ -244,14 +244,14 @@ class Transformer(nn.Module):
 
     def mtp_forward(self, hidden_BTD: torch.Tensor, next_ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None,
                     key_mask_BS: torch.Tensor | None = None, cache: KVCache | LatentCache | None = None,
-                    token_mask_BT: torch.Tensor | None = None) -> ModelOutput:
+                    token_mask_BT: torch.Tensor | None = None, doc_ids_BT: torch.Tensor | None = None) -> ModelOutput:
         """The MTP module: from the main model's hidden state at position i and the token at i+1,
-        logits for the token at i+2 (B, T, V). Masks and positions are those of position i; its
-        cache comes from ``new_cache(..., mtp=True)``."""
+        logits for the token at i+2 (B, T, V). Masks, positions and document ids are those of
+        position i; its cache comes from ``new_cache(..., mtp=True)``."""
         if self.mtp is None:
             raise ValueError("model.mtp_depth is 0: this model has no MTP module")
         B, T = next_ids_BT.shape
-        cos, sin, mask, token_mask = self._attention_inputs(B, T, next_ids_BT.device, positions_BT, key_mask_BS, cache)
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, next_ids_BT.device, positions_BT, key_mask_BS, cache, doc_ids_BT)
         if token_mask_BT is not None:
             token_mask = token_mask_BT
         m = self.mtp

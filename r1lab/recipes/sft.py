@@ -247,13 +247,13 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t0 = time.perf_counter()
             lr = loop.set_lr(common.lr_at(step, s.lr, s.warmup_steps, s.steps, s.min_lr_ratio))
             b = next_batch(train, order, s.batch_size, max_len, s.packing, tok.pad_id)
-            nll, aux = sft_loss(model, b)  # completion tokens only
+            nll, aux = sft_loss(model, b, mtp=True)  # completion tokens only; + MoE aux and MTP terms
             bad, grad_norm = loop.backward_step(nll + aux, s.grad_clip)
             load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)
             dt = time.perf_counter() - t0
             metrics = {
                 "sft/loss": nll.item(),
-                "sft/aux_loss": aux.item(),
+                "sft/aux_loss": aux.item(),  # MoE balance (+ weighted MTP loss on MTP models)
                 "sft/lr": lr,
                 "sft/grad_norm": grad_norm,
                 "sft/loss_tokens": b.n_loss_tokens,

@@ -111,6 +111,14 @@ class GymTask(Task):
             raise ValueError(f"{self.name}: this question is not in the task's pool: {question!r}")
         return entry
 
+    def difficulty(self, example: Example) -> str | None:
+        """The entry's own values of the dataset's difficulty parameters (``metadata["difficulty"]``
+        names them, e.g. ``word_len=9``), or None when the dataset declares none."""
+        meta = self._entry(example).get("metadata") or {}
+        names = meta.get("difficulty") if isinstance(meta.get("difficulty"), dict) else {}
+        label = ", ".join(f"{k}={meta[k]}" for k in names if isinstance(meta.get(k), (int, float, str)) and not isinstance(meta.get(k), bool))
+        return label or None
+
     def _verifier(self, answer: str, entry: dict[str, Any]) -> float:
         try:
             return float(self._train_ds.score_answer(answer, entry))
