@@ -1,6 +1,7 @@
 """``r1lab <stage>``: one entry point for every stage.
 
     r1lab zero                                  pretrain -> eval -> GRPO -> eval, embedded defaults
+    r1lab r1                                    pretrain -> cold-start SFT -> GRPO -> rejection sampling -> SFT -> GRPO
     r1lab pretrain --out runs/base              pretrain from scratch
     r1lab rl --init runs/base --rl.group_size 16
     r1lab eval --init runs/rl --eval.n_samples 16 --eval.ks "[1, 16]"
@@ -39,6 +40,7 @@ from r1lab.recipes.common import RunStopped, StageError
 # stage -> (module with main(cfg), one-line description, config sections it reads)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "zero": ("r1lab.recipes.zero", "the R1-Zero recipe end to end: pretrain, eval, GRPO, eval, summary", ("model", "pretrain", "rl", "eval", "data")),
+    "r1": ("r1lab.recipes.r1", "the DeepSeek-R1 pipeline: pretrain, cold-start SFT, GRPO, rejection sampling, SFT, GRPO, eval after each", ("model", "pretrain", "sft", "rl", "rejection", "r1", "eval", "data")),
     "pretrain": ("r1lab.recipes.pretrain", "pretrain a model from scratch on a task's corpus", ("model", "pretrain", "dist")),
     "rl": ("r1lab.recipes.rl", "GRPO with verifiable rewards from --init", ("rl", "eval", "lora", "data", "dist")),
     "eval": ("r1lab.recipes.eval", "pass@k / maj@k of --init on a task split", ("eval", "dist")),

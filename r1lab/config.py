@@ -230,6 +230,24 @@ class EvalConfig:
 
 
 @dataclass
+class R1Config:
+    cold_start_examples: int = 256
+    "cold-start SFT set: this many distinct train-split problems with the task's worked solution (DeepSeek-R1 sec. 2.3.1: thousands)"
+    cold_start_data: str = ""
+    "cold-start records from a file instead (as sft.data: {prompt, completion} or {question, answer[, solution]}); for tasks without worked solutions"
+    cold_start_steps: int = 60
+    "SFT steps on the cold-start set (learning rate and batch from sft.*)"
+    rl1_steps: int = 40
+    "GRPO steps of the first, reasoning-oriented RL stage (other RL settings from rl.*)"
+    sft2_steps: int = 60
+    "SFT steps on the rejection-sampled set (DeepSeek-R1 sec. 2.3.3: two epochs)"
+    sft2_from: Literal["base", "rl1"] = "base"
+    "model the second SFT starts from: the pretrained base (DeepSeek-R1 fine-tunes V3-Base again) or the first RL stage's policy"
+    rl2_steps: int = 40
+    "GRPO steps of the second RL stage (rl1_steps + rl2_steps = zero's rl.steps, for a fair comparison)"
+
+
+@dataclass
 class GenerateConfig:
     questions: list[str] = field(default_factory=list)
     "questions to answer (`r1lab sample` takes them as positional arguments); empty: held-out problems"
@@ -451,6 +469,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    r1: R1Config = field(default_factory=R1Config)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -529,6 +548,11 @@ class Config:
             ("eval.n_samples", e.n_samples >= 1, "must be >= 1"),
             ("eval.n_problems", e.n_problems >= 1, "must be >= 1"),
             ("eval.ks", bool(e.ks) and all(1 <= k <= e.n_samples for k in e.ks), f"each k must be between 1 and eval.n_samples ({e.n_samples})"),
+            ("r1.cold_start_examples", self.r1.cold_start_examples >= 1, "must be >= 1"),
+            ("r1.cold_start_steps", self.r1.cold_start_steps >= 0, "must be >= 0"),
+            ("r1.rl1_steps", self.r1.rl1_steps >= 0, "must be >= 0"),
+            ("r1.sft2_steps", self.r1.sft2_steps >= 0, "must be >= 0"),
+            ("r1.rl2_steps", self.r1.rl2_steps >= 0, "must be >= 0"),
             ("threads", 1 <= self.threads <= 1024, "must be between 1 and 1024"),
             ("seed", 0 <= self.seed < 2**32, "must be in [0, 2**32) (numpy's seed range)"),
             ("eval.seed", 0 <= e.seed < 2**32, "must be in [0, 2**32)"),

@@ -3,9 +3,16 @@
 pass@k follows Chen et al. 2021 (Codex, arXiv:2107.03374, sec. 2.1): draw n >= k samples per
 problem, count the c correct ones, and estimate the probability that at least one of k samples is
 correct by 1 - C(n-c, k) / C(n, k), which is unbiased, unlike the "any of the first k" that many
-codebases report. maj@k (self-consistency, Wang et al. 2022, arXiv:2203.11171; the cons@64 of
+codebases report; ``pass_at_k_curve`` gives it for every k = 1..n at once. maj@k (self-consistency, Wang et al. 2022, arXiv:2203.11171; the cons@64 of
 DeepSeek-R1's tables) is computed in the same spirit: the expected accuracy of a majority vote over
 k samples drawn without replacement from the n, not the vote of one arbitrary k-subset.
+
+Diversity (DeepSeek-R1's "distillation raises efficiency but lowers diversity", and Yue et al.
+2025, arXiv:2504.13837, who find RL raises pass@1 while base models overtake it at large k): the
+pass@k curve for k = 1..n, the number of distinct final answers per problem, distinct-n of the
+reasoning text (Li et al. 2016, arXiv:1510.03055: distinct n-grams over all n-grams, here pooled
+over the n samples of one problem and averaged over problems, on white-space words) and the mean
+per-token entropy of the sampling distribution.
 
 No model code here: the caller samples and scores, this module only counts.
 """
@@ -159,6 +166,40 @@ def best_of_k(scores: list[float], correct: list[bool], k: int) -> float:
     return float(total)
 
 
+def pass_at_k_curve(n: int, c: int) -> list[float]:
+    """Unbiased pass@k for every k = 1..n (element k-1 is pass@k), non-decreasing in k.
+
+    One pass: pass@k = 1 - q_k with q_k = C(n-c, k) / C(n, k) = q_{k-1} * (n-c-k+1) / (n-k+1),
+    which stays in [0, 1] (no huge binomials) and reaches 0 once k > n - c."""
+    if n < 1 or not 0 <= c <= n:
+        raise ValueError(f"pass@k curve needs n >= 1 and 0 <= c <= n, got n={n}, c={c}")
+    out, q = [], 1.0
+    for k in range(1, n + 1):
+        q = q * max(n - c - k + 1, 0) / (n - k + 1)  # probability that k draws miss every correct one
+        out.append(1.0 - q)
+    return out
+
+
+def reasoning_text(completion: str) -> str:
+    """The reasoning of a completion: what precedes the first ``</think>``, without ``<think>``
+    (the whole text when there is no ``</think>``: an unfinished trace is reasoning too)."""
+    head = completion.split("</think>", 1)[0]
+    return head.replace("<think>", " ")
+
+
+def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(texts: list[str], n: int) -> float | None:
+    """distinct-n of a set of texts: distinct n-grams / all n-grams, pooled over the texts, on
+    white-space separated words (Li et al. 2016). None when the texts hold no n-gram at all."""
+    if n < 1:
+        raise ValueError(f"distinct-n needs n >= 1, got {n}")
+    grams = [g for text in texts for g in ngrams(text.split(), n)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
 @dataclass
 class ProblemSamples:
     """The n scored samples of one problem, as the evaluation loop produced them."""
@@ -169,6 +210,7 @@ class ProblemSamples:
     scores: list[Score]
     answers: list[str | None]  # extracted answers (None: no <answer> block)
     lengths: list[int]  # completion lengths in tokens
+    entropies: list[float] = field(default_factory=list)  # mean per-token sampler entropy of each sample (nats); may be empty
 
     def __post_init__(self) -> None:
         n = len(self.completions)
@@ -177,6 +219,8 @@ class ProblemSamples:
                 f"ProblemSamples: {n} completions, {len(self.scores)} scores, "
                 f"{len(self.answers)} answers, {len(self.lengths)} lengths"
             )
+        if self.entropies and len(self.entropies) != n:
+            raise ValueError(f"ProblemSamples: {n} completions but {len(self.entropies)} entropies")
 
     @property
     def solved(self) -> list[bool]:
@@ -201,7 +245,14 @@ class EvalResult:
     """One evaluation of one task split. ``metrics`` keys: ``pass@k`` and ``maj@k`` for each k,
     ``mean_len`` (tokens), ``format_rate``, ``correct_rate`` (means over all samples; exact
     correctness, never partial credit) and
-    ``distinct_answers`` (mean over problems of distinct non-None answers / n)."""
+    ``distinct_answers`` (mean over problems of distinct non-None answers / n).
+
+    ``pass_curve[k-1]`` is pass@k for every k = 1..n (unbiased, mean over problems);
+    ``diversity`` holds ``distinct_answers_per_problem`` (mean count of distinct non-None answers),
+    ``distinct_1`` and ``distinct_2`` of the reasoning text (per problem over its n samples, mean
+    over problems that have such n-grams; 0 when none has) and ``entropy_mean`` (each sample's mean
+    per-token sampler entropy in nats, averaged over samples; 0 when the sampler gave none). Both are empty in
+    files written before they existed."""
 
     task: str
     split: str
@@ -216,6 +267,8 @@ class EvalResult:
     problems: list[ProblemRecord] = field(default_factory=list)
     pass_estimator: str = PASS_AT_K_ESTIMATOR
     maj_estimator: str = MAJ_AT_K_ESTIMATOR
+    pass_curve: list[float] = field(default_factory=list)
+    diversity: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -258,14 +311,27 @@ def summarize(
     metrics["distinct_answers"] = _mean(
         [len({a for a in p.answers if a is not None}) / n for p in per_problem]
     )
+    curves = [pass_at_k_curve(n, sum(p.solved)) for p in per_problem]
+    pass_curve = [_mean([curve[k] for curve in curves]) for k in range(n)]
     problems = [
         ProblemRecord(p.question, p.answer, n, sum(p.solved), p.completions[0]) for p in per_problem
     ]
     return EvalResult(
         task=task_name, split=split, n_problems=len(per_problem), n=n, ks=list(ks),
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-        metrics=metrics, problems=problems,
+        metrics=metrics, problems=problems, pass_curve=pass_curve, diversity=diversity(per_problem),
     )
+
+
+def diversity(per_problem: list[ProblemSamples]) -> dict[str, float]:
+    """The diversity figures of ``EvalResult.diversity`` (see there)."""
+    out = {"distinct_answers_per_problem": _mean([float(len({a for a in p.answers if a is not None})) for p in per_problem])}
+    for order in (1, 2):
+        values = [d for p in per_problem if (d := distinct_n([reasoning_text(t) for t in p.completions], order)) is not None]
+        out[f"distinct_{order}"] = _mean(values) if values else 0.0
+    entropies = [e for p in per_problem for e in p.entropies]
+    out["entropy_mean"] = _mean(entropies) if entropies else 0.0
+    return out
 
 
 def _mean(values: list[float]) -> float:

@@ -1,4 +1,6 @@
-"""Evaluate a checkpoint on a task split: n samples per problem, unbiased pass@k, maj@k, lengths.
+"""Evaluate a checkpoint on a task split: n samples per problem, unbiased pass@k, maj@k, lengths,
+and diversity (the pass@k curve for k = 1..n, distinct answers, distinct-n, entropy; see
+``r1lab.evaluate``), drawn as ``<result>.pass_at_k.png``.
 
 Problems and sampling are seeded by ``eval.seed`` so that two checkpoints (base and RL) are
 measured on the same problems with the same random stream.
@@ -19,6 +21,7 @@ from r1lab.evaluate import EvalResult, ProblemSamples, best_of_k, summarize
 from r1lab.model.transformer import Transformer
 from r1lab.prm import StepScorer, aggregate, load_scorer
 from r1lab.recipes import common, context
+from r1lab.report import plots
 from r1lab.rewards import RewardWeights, extract_answer
 from r1lab.tasks import Task, get_task
 from r1lab.tokenizer import BaseTokenizer
@@ -46,6 +49,9 @@ def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: Eva
         ro = rollout.sample(model, [ids for _, ids in chunk], ecfg.sample, tok.eos_id, tok.pad_id, gen)
         for j, (i, _) in enumerate(chunk):
             ids = ro.completion_ids(j)
+            if ro.entropy is not None:
+                per_token = ro.entropy[j][ro.completion_mask[j]]  # (C_j,)
+                per_problem[i].entropies.append(float(per_token.mean()) if per_token.numel() else 0.0)
             text = tok.decode_completion(ids)
             score = task.score(text, examples[i], weights)
             ps = per_problem[i]
@@ -116,6 +122,18 @@ def rerank_scorer(spec: str) -> StepScorer | None:
     return scorer
 
 
+def plot_pass_curves(path: Path, results: dict[str, EvalResult], title: str) -> Path:
+    """pass@k against k (log scale) for k = 1..n, one line per named result."""
+    arms = {name: [(list(range(1, len(r.pass_curve) + 1)), r.pass_curve)] for name, r in results.items() if r.pass_curve}
+    return plots.curves(path, arms, title=title, xlabel="k (samples)", ylabel="pass@k (unbiased)", logx=True)
+
+
+def diversity_row(result: EvalResult) -> dict[str, float]:
+    """The table row of a result's diversity: pass@1, pass@n, and the ``diversity`` figures."""
+    n = result.n
+    return {f"pass@{k}": result.pass_curve[k - 1] for k in sorted({1, n})} | result.diversity
+
+
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("eval needs --init RUN_OR_CHECKPOINT_FOLDER")
@@ -130,8 +148,12 @@ def main(cfg: Config) -> Path:
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
     result = evaluate_model(model, common.load_tokenizer(cfg.init), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
                             samples_out=path.with_suffix(".samples.jsonl"), scorer=rerank_scorer(cfg.eval.rerank))
-    if distributed.is_main():
-        save_result(result, path)
+    if not distributed.is_main():  # under torchrun rank 0 writes and prints
+        return path
+    save_result(result, path)
+    plot = plot_pass_curves(path.with_suffix(".pass_at_k.png"), {f"step {ckpt.step}": result},
+                            f"pass@k on {task.name} ({cfg.eval.split}, {result.n_problems} problems, n={result.n})")
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))
-    print(f"eval: wrote {path} and {path.with_suffix('.samples.jsonl').name}")
+    print(tracking.format_table([diversity_row(result)], title="diversity: distinct answers per problem, distinct-n of the reasoning, mean token entropy (nats)"))
+    print(f"eval: wrote {path}, {path.with_suffix('.samples.jsonl').name} and {plot.name}")
     return path

@@ -245,7 +245,9 @@ def evaluations(folder: Path, draw: _Drawer) -> Section:
     arms = {}
     for name, data in evals:
         ks = [k for k in data.get("ks", []) if f"pass@{k}" in data["metrics"]]
-        if ks:
+        if data.get("pass_curve"):  # every k = 1..n (evaluations since the diversity figures)
+            arms[name] = [(list(range(1, len(data["pass_curve"]) + 1)), data["pass_curve"])]
+        elif ks:
             arms[name] = [(ks, [data["metrics"][f"pass@{k}"] for k in ks])]
     if arms and any(len(r[0][0]) > 1 for r in arms.values()):
         png = plots.curves(draw.path("pass-at-k"), arms, title="pass@k (unbiased estimator) against k",
@@ -266,6 +268,8 @@ def summary_table(folder: Path) -> Section:
     models = [m for m in ("base", "rl") if isinstance(s.get(m), dict)]
     if models:
         sec.tables.append(_table(f"{s.get('task', '')}: held-out figures", [{"model": m, **s[m]} for m in models]))
+    if isinstance(s.get("stages"), dict) and s["stages"]:  # r1lab r1: one row per pipeline stage
+        sec.tables.append(_table(f"{s.get('task', '')}: held-out figures after each stage", [{"stage": k, **v} for k, v in s["stages"].items()]))
     if isinstance(s.get("rl_curve"), list) and s["rl_curve"]:
         sec.tables.append(_table("GRPO progress on held-out problems", s["rl_curve"]))
     if "wall_s" in s:
