@@ -267,6 +267,8 @@ class LabelConfig:
 class ExportConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     "dtype of the exported weights (r1lab trains in float32; bfloat16 halves the folder and is exact for weights imported from bfloat16)"
+    mtp: bool = False
+    "keep a DeepseekV3 export's MTP module as DeepSeek's checkpoints do (layer model.layers.{n_layers}, which transformers does not load); False drops it"
 
 
 @dataclass

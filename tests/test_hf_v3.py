@@ -177,3 +177,56 @@ def test_pytorch_model_bin_loads_with_weights_only(tmp_path):
                folder / "pytorch_model.bin")
     with pytest.raises(hf.HFFormatError, match="pytorch_model.bin: unreadable PyTorch weights file"):
         hf.load(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# From the command line: a V3 run (MLA, sigmoid routing with aux-free balancing, MTP) exported
+
+
+@pytest.fixture(scope="module")
+def v3_run(tmp_path_factory):
+    from conftest import TINY, overrides
+    from r1lab import cli
+
+    out = tmp_path_factory.mktemp("runs") / "v3"
+    argv = ["pretrain", "--out", str(out), "--config", "v3-tiny", *overrides(TINY), "--model.n_routed_experts", "8", "--model.n_group", "2", "--model.topk_group", "1",
+            "--model.bias_update_speed", "0.01", "--pretrain.steps", "4"]
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_v3_run_exports_loads_in_transformers_and_greedy_decoding_matches_generate(v3_run, tmp_path, capsys):
+    from r1lab import cli, rollout
+    from r1lab.config import SampleConfig
+    from r1lab.recipes import common
+
+    assert cli.main(["export", str(v3_run), str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "DeepseekV3ForCausalLM" in printed and "MTP module dropped" in printed
+    model, _ = common.load_model(v3_run)
+    assert model.cfg.mtp_depth == 1 and any(m.router.bias_E.abs().sum() > 0 for m in model.modules() if isinstance(m, MoE))  # trained bias
+    theirs, info = AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    theirs.eval()
+    ids = torch.randint(0, model.vocab_size, (2, 30), generator=torch.Generator().manual_seed(3))
+    assert (_logits(theirs, ids) - _logits(model, ids)).abs().max() < 1e-4
+    tok = common.load_tokenizer(v3_run)
+    for question in ["7+5*2-3", "9*9-9"]:
+        prompt = tok.prompt_ids(question)
+        ref = theirs.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        ro = rollout.sample(model, [prompt], SampleConfig(temperature=0.0, max_new_tokens=20), tok.eos_id, tok.pad_id, torch.Generator())
+        assert ro.completion_ids(0) == ref[0, len(prompt):].tolist()[: len(ro.completion_ids(0))]
+
+
+def test_v3_export_with_mtp_imports_back_and_rl_starts_from_it(v3_run, tmp_path, capsys):
+    from r1lab import checkpoint, cli
+
+    assert cli.main(["export", str(v3_run), str(tmp_path / "out"), "--export.mtp", "true"]) == 0
+    assert "MTP module kept as layer model.layers.2" in capsys.readouterr().out
+    assert cli.main(["import", str(tmp_path / "out"), str(tmp_path / "run")]) == 0
+    a = checkpoint.load_latest(v3_run).model_state
+    b = checkpoint.load_latest(tmp_path / "run").model_state
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the bias and the MTP module included
+    argv = ["rl", "--init", f"hf:{tmp_path / 'out'}", "--out", str(tmp_path / "rl"), "--rl.steps", "1", "--rl.prompts_per_step", "2",
+            "--rl.group_size", "2", "--rl.eval_every", "0", "--rl.sample.max_new_tokens", "8", "--threads", "1", "--tensorboard", "false"]
+    assert cli.main(argv) == 0
