@@ -22,7 +22,7 @@ V3 = ["--config", "v3-tiny", *overrides(TINY), "--model.n_routed_experts", "8", 
 PRETRAIN = [*V3, "--pretrain.steps", str(PRETRAIN_STEPS), "--save_every", "3", "--keep_checkpoints", "1000"]
 
 
-V3_KILLS = min(KILL_POINTS, 2)  # each kill costs a process start (~2 s of CPU); R1LAB_KILL_POINTS=1..2 or more for a sweep
+V3_KILLS = min(KILL_POINTS, 2)  # each kill costs a process start (~2 s of CPU); the slow RL test takes all of R1LAB_KILL_POINTS
 
 
 def biases(step_dir) -> dict[str, torch.Tensor]:

@@ -1,19 +1,33 @@
 """Import and export Hugging Face checkpoints from and to local folders (no hub access).
 
 A Hugging Face folder holds ``config.json``, weights in ``model.safetensors`` (or shards listed
-in ``model.safetensors.index.json``), ``tokenizer.json`` and ``tokenizer_config.json``. r1lab's
-dense model is the LLaMA block (pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU), so LLaMA
-(Touvron et al., arXiv:2302.13971) and Qwen2 (arXiv:2407.10671: LLaMA plus q/k/v biases) map
-onto it name for name; weights are copied, never transformed, so round trips are bit for bit.
+in ``model.safetensors.index.json``; ``pytorch_model.bin`` is read too, unpickled with
+``weights_only=True``), ``tokenizer.json`` and ``tokenizer_config.json``.
 
-One ``Family`` per Hugging Face ``model_type`` in ``FAMILIES``: how to read its config into a
-``ModelConfig`` (refusing, field by field, what r1lab cannot compute), how to write one back, and
-the tensor-name map. A DeepseekV3 entry (MoE + MLA) is one more row once r1lab's MoE/MLA modules
-are settled; it is not here yet, so MoE models cannot be exported.
+- r1lab's dense model is the LLaMA block (pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU), so
+  LLaMA (Touvron et al., arXiv:2302.13971) and Qwen2 (arXiv:2407.10671: LLaMA plus q/k/v biases)
+  map onto it name for name; weights are copied, never transformed.
+- DeepSeek-V3 (arXiv:2412.19437; transformers' ``DeepseekV3ForCausalLM``) maps onto r1lab's MLA +
+  sigmoid-routed MoE: q/kv LoRA ranks and the nope/rope head split name for name, the aux-free
+  bias is ``e_score_correction_bias``, the stacked routed experts are stored per expert
+  (``mlp.experts.{e}.gate_proj.weight`` = w1[e]^T, as transformers saves them; its fused
+  in-memory form ``gate_up_proj`` is read too), and the first ``first_k_dense_replace`` blocks are
+  dense. DeepSeek rotates interleaved pairs (x_2i, x_2i+1) of the rotary dims (``rope_interleave``,
+  default true) where r1lab rotates halves: the rotary rows of the query projection and of the
+  shared rotary key are permuted (evens then odds) on import and back on export, which leaves
+  every attention score unchanged. The MTP module is written only on request (``mtp``), as
+  DeepSeek's checkpoints hold it: one more layer ``model.layers.{n_layers}`` (enorm, hnorm,
+  eh_proj over [embedding; hidden] -- r1lab concatenates [hidden; embedding] --, shared_head.norm
+  and copies of the embedding and head); transformers does not load it, r1lab reads it back.
 
-Departures: RoPE scaling (LLaMA-3's ``rope_scaling``), sliding-window attention, attention
-output or MLP biases and a ``head_dim`` other than ``hidden_size / num_attention_heads`` are
-refused with an error naming the field, not approximated.
+Every transform is a permutation or a transpose, so round trips are bit for bit. One ``Family``
+per Hugging Face ``model_type`` in ``FAMILIES``: how to read its config into a ``ModelConfig``
+(refusing, field by field, what r1lab cannot compute), how to write one back, and its tensor map.
+
+Departures: RoPE scaling (``rope_parameters.rope_type`` other than default: linear, dynamic,
+YaRN, llama3), sliding-window attention, attention output or MLP biases and a ``head_dim`` other
+than ``hidden_size / num_attention_heads`` are refused with an error naming the field, not
+approximated. DeepSeekMoE models (softmax router, GQA) have no Hugging Face architecture.
 """
 
 from __future__ import annotations
