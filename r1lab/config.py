@@ -97,6 +97,16 @@ class ModelConfig:
     "share the input embedding with the output head (tiny models); False gives a separate lm_head as most LLaMA checkpoints have"
     norm_eps: float = 1e-6
     "epsilon of every RMSNorm (LLaMA-2 uses 1e-5, Qwen2 and DeepSeek 1e-6)"
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    "RoPE frequency scaling, as Hugging Face's rope_type: none, linear position interpolation (arXiv:2306.15595), Llama 3.1's per-band (llama3)"
+    rope_factor: float = 1.0
+    "RoPE scaling factor: low frequencies are divided by it (linear: all; Llama 3.1: 8)"
+    rope_low_freq_factor: float = 1.0
+    "llama3 RoPE: wavelengths longer than rope_original_max_len / this are divided by rope_factor (Llama 3.1: 1)"
+    rope_high_freq_factor: float = 4.0
+    "llama3 RoPE: wavelengths shorter than rope_original_max_len / this are kept; those between are blended (Llama 3.1: 4)"
+    rope_original_max_len: int = 8192
+    "llama3 RoPE: the pretraining context length the bands are measured against (Llama 3.1: 8192)"
 
 
 @dataclass

@@ -36,7 +36,8 @@ def bpe_tokenizer(vocab_size: int = 320):
     return tok
 
 
-def hf_folder(path: Path, model_type: str = "qwen2", tie: bool = False, kv_heads: int = 2, vocab_pad: int = 0, std: float = 0.2, seed: int = 0, dtype=torch.float32, max_pos: int = 256) -> Path:
+def hf_folder(path: Path, model_type: str = "qwen2", tie: bool = False, kv_heads: int = 2, vocab_pad: int = 0, std: float = 0.2, seed: int = 0, dtype=torch.float32, max_pos: int = 256,
+              rope_parameters: dict | None = None) -> Path:
     """Save a random tiny ``model_type`` model and a BPE tokenizer to ``path``; returns ``path``."""
     import transformers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -45,7 +46,8 @@ def hf_folder(path: Path, model_type: str = "qwen2", tie: bool = False, kv_heads
     eos = tok.token_to_id(EOS)
     common = dict(vocab_size=tok.get_vocab_size() + vocab_pad, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=max_pos, rms_norm_eps=1e-6,
-                  tie_word_embeddings=tie, eos_token_id=eos, bos_token_id=None, pad_token_id=eos, initializer_range=std)
+                  tie_word_embeddings=tie, eos_token_id=eos, bos_token_id=None, pad_token_id=eos, initializer_range=std,
+                  **({"rope_parameters": rope_parameters} if rope_parameters else {}))
     cfg = transformers.Qwen2Config(**common) if model_type == "qwen2" else transformers.LlamaConfig(**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

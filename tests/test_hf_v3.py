@@ -157,7 +157,7 @@ def test_unexportable_moe_models_name_the_field(tmp_path, change, field):
 
 
 @pytest.mark.parametrize("rope", [{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 10000.0},
-                                  {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}])
+                                  {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}])
 def test_rope_scaling_is_refused_naming_the_kind(tmp_path, rope):
     folder = v3_folder(tmp_path / "m", rope_parameters=rope)
     with pytest.raises(hf.HFFormatError, match=f"rope_parameters.*{rope['rope_type']}"):

@@ -24,8 +24,9 @@ Every transform is a permutation or a transpose, so round trips are bit for bit.
 per Hugging Face ``model_type`` in ``FAMILIES``: how to read its config into a ``ModelConfig``
 (refusing, field by field, what r1lab cannot compute), how to write one back, and its tensor map.
 
-Departures: RoPE scaling (``rope_parameters.rope_type`` other than default: linear, dynamic,
-YaRN, llama3), sliding-window attention, attention output or MLP biases and a ``head_dim`` other
+RoPE: plain, linear position interpolation and Llama 3.1's ``llama3`` scaling are read and
+written (``model.rope_scaling``). Departures: other RoPE scalings (``dynamic``, ``yarn`` -- which
+DeepSeek-V3's own checkpoints use --, ``longrope``), sliding-window attention, attention output or MLP biases and a ``head_dim`` other
 than ``hidden_size / num_attention_heads`` are refused with an error naming the field, not
 approximated. DeepSeekMoE models (softmax router, GQA) have no Hugging Face architecture.
 """
@@ -105,19 +106,44 @@ class _Fields:
             raise HFFormatError(f"{self.path}: field {key}={self.data.get(key)!r} is not supported: {why}")
 
 
-def _rope_theta(f: _Fields) -> float:
-    """RoPE base, from transformers 5's ``rope_parameters`` or the older ``rope_theta``; any scaling is refused."""
+ROPE_KINDS = {"default": "none", "linear": "linear", "llama3": "llama3"}
+"Hugging Face rope_type -> r1lab model.rope_scaling; every other kind (dynamic, yarn, longrope, ...) is refused"
+
+
+def _rope_fields(f: _Fields) -> dict[str, Any]:
+    """The ModelConfig RoPE fields (base, scaling) from transformers 5's ``rope_parameters`` or the
+    older ``rope_theta`` + ``rope_scaling``; a kind r1lab does not implement is refused, naming it."""
     params = f.data.get("rope_parameters")
-    if isinstance(params, dict):
-        kind = params.get("rope_type", params.get("type", "default"))
-        if kind != "default":
-            raise HFFormatError(f"{f.path}: field rope_parameters.rope_type={kind!r} is not supported: r1lab implements plain RoPE only (rope_type default)")
-        return float(params.get("rope_theta", 10000.0))
-    scaling = f.data.get("rope_scaling")
-    if scaling not in (None, {}):
-        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
-        raise HFFormatError(f"{f.path}: field rope_scaling.rope_type={kind!r} is not supported: r1lab implements plain RoPE only (rope_type default)")
-    return f.get("rope_theta", float, 10000.0)
+    key = "rope_parameters"
+    if not isinstance(params, dict):
+        key, params = "rope_scaling", f.data.get("rope_scaling") or {}
+        if not isinstance(params, dict):
+            raise HFFormatError(f"{f.path}: field rope_scaling={params!r} is not an object")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_KINDS:
+        raise HFFormatError(f"{f.path}: field {key}.rope_type={kind!r} is not supported: r1lab implements {', '.join(ROPE_KINDS)}")
+    theta = params.get("rope_theta", f.data.get("rope_theta", 10000.0))
+    out: dict[str, Any] = {"rope_theta": float(theta), "rope_scaling": ROPE_KINDS[kind]}
+    wanted = {"linear": {"factor": "rope_factor"},
+              "llama3": {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor", "high_freq_factor": "rope_high_freq_factor",
+                         "original_max_position_embeddings": "rope_original_max_len"}}.get(kind, {})
+    for theirs, ours in wanted.items():
+        if theirs not in params:
+            raise HFFormatError(f"{f.path}: field {key}.{theirs} is missing (rope_type {kind})")
+        out[ours] = int(params[theirs]) if ours == "rope_original_max_len" else float(params[theirs])
+    return out
+
+
+def _rope_hf(cfg: ModelConfig) -> dict:
+    """``rope_parameters`` (transformers 5) and ``rope_theta`` (4.x) of an r1lab config."""
+    kind = {v: k for k, v in ROPE_KINDS.items()}[cfg.rope_scaling]
+    params: dict[str, Any] = {"rope_type": kind, "rope_theta": cfg.rope_theta}
+    if kind in ("linear", "llama3"):
+        params["factor"] = cfg.rope_factor
+    if kind == "llama3":
+        params.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+                      original_max_position_embeddings=cfg.rope_original_max_len)
+    return {"rope_parameters": params, "rope_theta": cfg.rope_theta}
 
 
 def _dense_config(f: _Fields, qkv_bias: bool) -> tuple[ModelConfig, int]:
@@ -133,7 +159,7 @@ def _dense_config(f: _Fields, qkv_bias: bool) -> tuple[ModelConfig, int]:
         n_kv_heads=f.get("num_key_value_heads", int, heads),
         max_seq_len=f.get("max_position_embeddings", int),
         d_ff=f.get("intermediate_size", int),
-        rope_theta=_rope_theta(f),
+        **_rope_fields(f),
         init_std=f.get("initializer_range", float, 0.02),
         qkv_bias=qkv_bias,
         tie_embeddings=f.get("tie_word_embeddings", bool, False),
@@ -164,8 +190,7 @@ def _dense_hf_config(cfg: ModelConfig, vocab_size: int) -> dict:
         "head_dim": cfg.d_model // cfg.n_heads,
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "rope_theta": cfg.rope_theta,  # what transformers 4.x reads
+        **_rope_hf(cfg),  # rope_theta is what transformers 4.x reads
         "hidden_act": "silu",
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings,
@@ -198,7 +223,7 @@ def _v3_config(f: _Fields) -> tuple[ModelConfig, int]:
         first_k_dense_replace=f.get("first_k_dense_replace", int, None) or 0,
         kv_lora_rank=f.get("kv_lora_rank", int), q_lora_rank=f.get("q_lora_rank", int, None) or 0,
         qk_nope_head_dim=f.get("qk_nope_head_dim", int), qk_rope_head_dim=f.get("qk_rope_head_dim", int), v_head_dim=f.get("v_head_dim", int),
-        rope_theta=_rope_theta(f), init_std=f.get("initializer_range", float, 0.02),
+        **_rope_fields(f), init_std=f.get("initializer_range", float, 0.02),
         tie_embeddings=f.get("tie_word_embeddings", bool, False), norm_eps=f.get("rms_norm_eps", float, 1e-6),
         # Training-only settings HF does not store: imported models balance by nothing until asked
         # (--model.bias_update_speed, --model.seq_aux_loss_coef), as every new behaviour is off.
@@ -218,7 +243,7 @@ def _v3_hf_config(cfg: ModelConfig, vocab_size: int, mtp: bool) -> dict:
         "kv_lora_rank": cfg.kv_lora_rank, "q_lora_rank": cfg.q_lora_rank or None, "qk_nope_head_dim": cfg.qk_nope_head_dim,
         "qk_rope_head_dim": cfg.qk_rope_head_dim, "v_head_dim": cfg.v_head_dim, "head_dim": cfg.qk_rope_head_dim,
         "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}, "rope_theta": cfg.rope_theta,
+        **_rope_hf(cfg),
         "rope_interleave": True,  # DeepSeek's layout, which vLLM and SGLang assume; the rotary rows are permuted to it
         "hidden_act": "silu", "attention_bias": False, "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings, "vocab_size": vocab_size, "use_cache": True,

@@ -132,10 +132,12 @@ class ModelOutput:
     normed_BTD: torch.Tensor | None = None  # final normed hidden states, only with logits=False
 
 
-def rope_table_args(cfg: ModelConfig) -> tuple[int, int, float]:
-    """``rope_tables`` arguments: rotary width (MLA's decoupled rotary part, else the head), length, base."""
+def rope_table_args(cfg: ModelConfig) -> tuple:
+    """``rope_tables`` arguments: rotary width (MLA's decoupled rotary part, else the head), length,
+    base, and the frequency scaling."""
     rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.d_model // cfg.n_heads
-    return rope_dim, cfg.max_seq_len, cfg.rope_theta
+    return (rope_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor, cfg.rope_low_freq_factor,
+            cfg.rope_high_freq_factor, cfg.rope_original_max_len)
 
 
 class Transformer(nn.Module):
