@@ -25,10 +25,11 @@ per Hugging Face ``model_type`` in ``FAMILIES``: how to read its config into a `
 (refusing, field by field, what r1lab cannot compute), how to write one back, and its tensor map.
 
 RoPE: plain, linear position interpolation and Llama 3.1's ``llama3`` scaling are read and
-written (``model.rope_scaling``). Departures: other RoPE scalings (``dynamic``, ``yarn`` -- which
-DeepSeek-V3's own checkpoints use --, ``longrope``), sliding-window attention, attention output or MLP biases and a ``head_dim`` other
-than ``hidden_size / num_attention_heads`` are refused with an error naming the field, not
-approximated. DeepSeekMoE models (softmax router, GQA) have no Hugging Face architecture.
+written (``model.rope_scaling``). Departures: other RoPE scalings (``dynamic``, ``longrope``,
+``yarn``, which DeepSeek-V3's own checkpoints use), sliding-window attention, attention output or
+MLP biases and a ``head_dim`` other than ``hidden_size / num_attention_heads`` are refused with an
+error naming the field, not approximated. DeepSeekMoE models (softmax router, GQA) have no
+Hugging Face architecture.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def _v3_config(f: _Fields) -> tuple[ModelConfig, int]:
         n_routed_experts=experts, n_shared_experts=f.get("n_shared_experts", int, 1), top_k=f.get("num_experts_per_tok", int),
         d_expert=f.get("moe_intermediate_size", int), routed_scaling_factor=f.get("routed_scaling_factor", float, 1.0),
         norm_topk_prob=f.get("norm_topk_prob", bool, True), n_group=n_group, topk_group=f.get("topk_group", int, None) or 1,
-        first_k_dense_replace=f.get("first_k_dense_replace", int, None) or 0,
+        first_k_dense_replace=min(f.get("first_k_dense_replace", int, None) or 0, f.get("num_hidden_layers", int)),
         kv_lora_rank=f.get("kv_lora_rank", int), q_lora_rank=f.get("q_lora_rank", int, None) or 0,
         qk_nope_head_dim=f.get("qk_nope_head_dim", int), qk_rope_head_dim=f.get("qk_rope_head_dim", int), v_head_dim=f.get("v_head_dim", int),
         **_rope_fields(f), init_std=f.get("initializer_range", float, 0.02),
