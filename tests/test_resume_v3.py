@@ -6,6 +6,7 @@ would rebuild). The machinery is tests/test_resume.py's."""
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -14,15 +15,16 @@ import torch
 from conftest import TINY, overrides
 from r1lab import checkpoint
 from r1lab.cli import main
-from test_resume import KILL_POINTS, PRETRAIN_STEPS, RL_STEPS, rows_by_step, survive_kills
+from test_resume import KILL_POINTS, RL_STEPS, rows_by_step, survive_kills
 from test_resume import RL as RL_ARGS
 
 V3 = ["--config", "v3-tiny", *overrides(TINY), "--model.n_routed_experts", "8", "--model.n_group", "2", "--model.topk_group", "1",
       "--model.bias_update_speed", "0.01"]
+PRETRAIN_STEPS = 12  # shorter than test_resume's: one kill point by default keeps this test in the default suite
 PRETRAIN = [*V3, "--pretrain.steps", str(PRETRAIN_STEPS), "--save_every", "3", "--keep_checkpoints", "1000"]
 
 
-V3_KILLS = min(KILL_POINTS, 2)  # each kill costs a process start (~2 s of CPU); the slow RL test takes all of R1LAB_KILL_POINTS
+V3_KILLS = 1 if "R1LAB_KILL_POINTS" not in os.environ else KILL_POINTS  # each kill costs a process start; the slow RL test takes all
 
 
 def biases(step_dir) -> dict[str, torch.Tensor]:
