@@ -226,8 +226,8 @@ def _v3_config(f: _Fields) -> tuple[ModelConfig, int]:
         qk_nope_head_dim=f.get("qk_nope_head_dim", int), qk_rope_head_dim=f.get("qk_rope_head_dim", int), v_head_dim=f.get("v_head_dim", int),
         **_rope_fields(f), init_std=f.get("initializer_range", float, 0.02),
         tie_embeddings=f.get("tie_word_embeddings", bool, False), norm_eps=f.get("rms_norm_eps", float, 1e-6),
-        # Training-only settings HF does not store: imported models balance by nothing until asked
-        # (--model.bias_update_speed, --model.seq_aux_loss_coef), as every new behaviour is off.
+        # Training-only settings HF does not store are off: no balance loss, and the aux-free bias
+        # stays where the checkpoint left it (bias_update_speed 0), as transformers holds it.
         aux_loss_coef=0.0,
     )
     return cfg, f.get("vocab_size", int)
