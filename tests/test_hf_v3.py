@@ -47,6 +47,7 @@ def test_logits_match_transformers_deepseek_v3(tmp_path, q_lora, tie, n_group, t
     assert (c.attention, c.router, c.q_lora_rank, c.n_group, c.topk_group, c.first_k_dense_replace, c.routed_scaling_factor) == \
         ("mla", "sigmoid", q_lora or 0, n_group, topk_group, 1, 2.5)
     assert not isinstance(ours.layers[0].ffn, MoE) and isinstance(ours.layers[1].ffn, MoE)
+    assert (c.aux_loss_coef, c.seq_aux_loss_coef, c.bias_update_speed) == (0.0, 0.0, 0.0)  # training-only settings off
     a, b = _logits(ours), _logits(theirs)
     assert (a - b).abs().max() < 1e-4
     assert b.std() > 0.5
@@ -89,7 +90,7 @@ def _v3_model(**kw) -> tuple[Transformer, CharTokenizer]:
     cfg = ModelConfig(d_model=32, n_layers=3, n_heads=4, max_seq_len=64, d_ff=48, attention="mla", kv_lora_rank=16, q_lora_rank=12,
                       qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, n_routed_experts=8, n_shared_experts=2, top_k=2,
                       d_expert=16, router="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5, first_k_dense_replace=1,
-                      aux_loss_coef=0.0, init_std=0.2, **kw)
+                      aux_loss_coef=0.0, seq_aux_loss_coef=1e-4, bias_update_speed=0.01, mtp_loss_weight=0.1, init_std=0.2, **kw)
     tok = CharTokenizer.build()
     torch.manual_seed(0)
     model = Transformer(cfg, tok.vocab_size)
@@ -108,7 +109,7 @@ def test_r1lab_to_hf_loads_cleanly_matches_and_comes_back_bit_for_bit(tmp_path):
     ids = torch.randint(0, tok.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))
     assert (_logits(theirs.eval(), ids) - _logits(model, ids)).abs().max() < 1e-4
     back, _, _ = hf.load(tmp_path / "out")
-    assert back.cfg == dataclasses.replace(model.cfg, mtp_depth=0)
+    assert back.cfg == dataclasses.replace(model.cfg, mtp_depth=0)  # the training-only settings too (r1lab_training)
     a, b = model.state_dict(), back.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b) and set(a) - set(b) == {k for k in a if k.startswith("mtp.")}
 
@@ -237,6 +238,8 @@ def test_v3_export_with_mtp_imports_back_and_rl_starts_from_it(v3_run, tmp_path,
     a = checkpoint.load_latest(v3_run).model_state
     b = checkpoint.load_latest(tmp_path / "run").model_state
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the bias and the MTP module included
+    from r1lab.recipes import common
+    assert common.load_model(tmp_path / "run")[0].cfg == common.load_model(v3_run)[0].cfg  # aux-free gamma, MTP weight, ... too
     argv = ["rl", "--init", f"hf:{tmp_path / 'out'}", "--out", str(tmp_path / "rl"), "--rl.steps", "1", "--rl.prompts_per_step", "2",
             "--rl.group_size", "2", "--rl.eval_every", "0", "--rl.sample.max_new_tokens", "8", "--threads", "1", "--tensorboard", "false"]
     assert cli.main(argv) == 0

@@ -204,6 +204,23 @@ def _dense_hf_config(cfg: ModelConfig, vocab_size: int) -> dict:
 # DeepseekV3: MLA + sigmoid-routed MoE (+ MTP)
 
 
+TRAINING_KEY = "r1lab_training"
+"config.json key of an exported DeepseekV3 folder holding r1lab's training-only model settings"
+TRAINING_FIELDS = ("aux_loss_coef", "seq_aux_loss_coef", "bias_update_speed", "bias_update_stop", "mtp_loss_weight")
+
+
+def _training_fields(f: _Fields) -> dict[str, Any]:
+    """The training-only settings an r1lab export wrote (``TRAINING_KEY``); off when absent."""
+    saved = f.data.get(TRAINING_KEY)
+    if saved is None:
+        return {"aux_loss_coef": 0.0}
+    if not isinstance(saved, dict):
+        raise HFFormatError(f"{f.path}: field {TRAINING_KEY} is {saved!r}, expected an object")
+    sub = _Fields(saved, f.path)
+    defaults = {name: getattr(ModelConfig(), name) for name in TRAINING_FIELDS}
+    return {name: sub.get(name, type(default), default) for name, default in defaults.items()}
+
+
 def _v3_config(f: _Fields) -> tuple[ModelConfig, int]:
     heads = f.get("num_attention_heads", int)
     f.refuse("hidden_act", f.data.get("hidden_act", "silu") == "silu", "r1lab's SwiGLU uses silu")
@@ -226,9 +243,9 @@ def _v3_config(f: _Fields) -> tuple[ModelConfig, int]:
         qk_nope_head_dim=f.get("qk_nope_head_dim", int), qk_rope_head_dim=f.get("qk_rope_head_dim", int), v_head_dim=f.get("v_head_dim", int),
         **_rope_fields(f), init_std=f.get("initializer_range", float, 0.02),
         tie_embeddings=f.get("tie_word_embeddings", bool, False), norm_eps=f.get("rms_norm_eps", float, 1e-6),
-        # Training-only settings HF does not store are off: no balance loss, and the aux-free bias
-        # stays where the checkpoint left it (bias_update_speed 0), as transformers holds it.
-        aux_loss_coef=0.0,
+        # Training-only settings HF does not store are off (no balance loss; the aux-free bias
+        # stays where the checkpoint left it, as transformers holds it) unless r1lab wrote them.
+        **_training_fields(f),
     )
     return cfg, f.get("vocab_size", int)
 
@@ -249,6 +266,9 @@ def _v3_hf_config(cfg: ModelConfig, vocab_size: int, mtp: bool) -> dict:
         "hidden_act": "silu", "attention_bias": False, "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings, "vocab_size": vocab_size, "use_cache": True,
         "num_nextn_predict_layers": 1 if mtp else 0,
+        # r1lab's training-only settings, which transformers keeps as an unknown key and ignores;
+        # importing the folder restores them, so r1lab -> HF -> r1lab keeps the whole config.
+        TRAINING_KEY: {name: getattr(cfg, name) for name in TRAINING_FIELDS},
     }
 
 
