@@ -239,7 +239,9 @@ def test_v3_export_with_mtp_imports_back_and_rl_starts_from_it(v3_run, tmp_path,
     b = checkpoint.load_latest(tmp_path / "run").model_state
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the bias and the MTP module included
     from r1lab.recipes import common
-    assert common.load_model(tmp_path / "run")[0].cfg == common.load_model(v3_run)[0].cfg  # aux-free gamma, MTP weight, ... too
+    run_cfg = common.load_model(v3_run)[0].cfg
+    # aux-free gamma, MTP weight, ... too; n_kv_heads, which MLA does not use, comes back as n_heads
+    assert common.load_model(tmp_path / "run")[0].cfg == dataclasses.replace(run_cfg, n_kv_heads=run_cfg.n_heads)
     argv = ["rl", "--init", f"hf:{tmp_path / 'out'}", "--out", str(tmp_path / "rl"), "--rl.steps", "1", "--rl.prompts_per_step", "2",
             "--rl.group_size", "2", "--rl.eval_every", "0", "--rl.sample.max_new_tokens", "8", "--threads", "1", "--tensorboard", "false"]
     assert cli.main(argv) == 0
