@@ -595,9 +595,16 @@ def load(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transf
                 raise HFFormatError(f"{source}: tensor {name} has shape {tuple(t.shape)}, {CONFIG_FILE} implies {shape}")
             if not t.is_floating_point():
                 raise HFFormatError(f"{source}: tensor {name} has dtype {t.dtype} (quantised weights are not supported)")
-        t = torch.stack(parts) if m.stacked else parts[0]
-        t = m.from_hf(t) if m.from_hf else t
-        state[m.ours] = t.to(torch.float32 if m.ours.endswith("bias_E") else dtype).contiguous()
+        target = torch.float32 if m.ours.endswith("bias_E") else dtype
+        parts = [m.from_hf(t) if m.from_hf else t for t in parts]  # each transform acts on one expert's tensor as on all
+        if not m.stacked and parts[0].dtype == target and parts[0].is_contiguous():
+            state[m.ours] = parts[0]
+            continue
+        # One copy into the final dtype and layout (casting, then making contiguous, copied twice).
+        out = torch.empty(shapes[m.ours], dtype=target)
+        for e, t in enumerate(parts):
+            (out[e] if m.stacked else out).copy_(t)
+        state[m.ours] = out
     model.load_state_dict(state, strict=True, assign=True)
     _fill_meta_buffers(model)
     return model, tok, family
