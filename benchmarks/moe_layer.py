@@ -9,6 +9,9 @@ indexes the stacked weights), (b) transformers' grouped_mm experts where it runs
 backward (null otherwise: on CPU in fp32 torch's grouped_mm has no backward), (c) r1lab's layer (grouped_mm where it runs, which it does on CPU in torch 2.13; its split +
 unbind fallback is timed too),
 (d) a dense SwiGLU whose hidden width equals the active experts' (K routed + 1 shared) x F.
+`r1lab_gate_h` is r1lab's layer with ``MoE.gate_before_down`` (the gate applied to the experts'
+hidden activations instead of their outputs: the same function, other float rounding; off by
+default until the default figures are re-measured with it).
 Routing: "random" is the router at its init (near-even load); "skewed" adds a selection bias
 that crowds tokens onto a few experts (max/mean load printed). transformers is a benchmark
 extra (`pip install r1lab[bench]`), not a runtime dependency. Last line: one JSON object.
@@ -68,7 +71,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows, ratios = [], {"speedup_vs_hf_eager": [], "speedup_vs_hf_grouped": [], "slowdown_vs_dense": []}
+    rows, ratios = [], {"speedup_vs_hf_eager": [], "speedup_vs_hf_grouped": [], "slowdown_vs_dense": [], "speedup_gate_h_vs_r1lab": [],
+                        "gate_h_speedup_vs_hf_eager": []}
     for D, F, E, K in SHAPES:
         for routing in ("random", "skewed"):
             hf, ours = build(D, F, E, K, routing == "skewed", "eager")
@@ -80,6 +84,9 @@ def main() -> None:
             load = stats.load_E
             t_eager = median_s(fwd_bwd(hf, x, False), args.repeats)
             t_ours = median_s(fwd_bwd(ours, x, True), args.repeats)
+            ours.gate_before_down = True  # a candidate: the gate on the hidden activations (off by default)
+            t_gate_h = median_s(fwd_bwd(ours, x, True), args.repeats)
+            ours.gate_before_down = False
             ours.experts.use_grouped_mm = False  # r1lab's split + unbind fallback, for the record
             t_split = median_s(fwd_bwd(ours, x, True), args.repeats)
             hf_g, _ = build(D, F, E, K, routing == "skewed", "grouped_mm")
@@ -91,10 +98,12 @@ def main() -> None:
             t_dense = median_s(fwd_bwd(dense, x, False), args.repeats)
             rows.append(dict(D=D, F=F, E=E, K=K, routing=routing, load_max_over_mean=float(load.max() / load.mean()), max_abs_diff=err,
                              hf_eager_ms=1e3 * t_eager, hf_grouped_ms=None if t_grouped is None else 1e3 * t_grouped,
-                             r1lab_ms=1e3 * t_ours, r1lab_split_ms=1e3 * t_split, dense_ms=1e3 * t_dense))
+                             r1lab_ms=1e3 * t_ours, r1lab_gate_h_ms=1e3 * t_gate_h, r1lab_split_ms=1e3 * t_split, dense_ms=1e3 * t_dense))
             ratios["speedup_vs_hf_eager"].append(t_eager / t_ours)
             ratios["speedup_vs_hf_grouped"].append(None if t_grouped is None else t_grouped / t_ours)
             ratios["slowdown_vs_dense"].append(t_ours / t_dense)
+            ratios["speedup_gate_h_vs_r1lab"].append(t_ours / t_gate_h)
+            ratios["gate_h_speedup_vs_hf_eager"].append(t_eager / t_gate_h)
     cols = list(rows[0])
     print(f"MoE layer forward+backward, T={args.tokens} tokens, {args.threads} thread(s), fp32, median of {args.repeats}")
     print("  ".join(f"{c:>10}" for c in cols))

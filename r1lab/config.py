@@ -97,6 +97,16 @@ class ModelConfig:
     "share the input embedding with the output head (tiny models); False gives a separate lm_head as most LLaMA checkpoints have"
     norm_eps: float = 1e-6
     "epsilon of every RMSNorm (LLaMA-2 uses 1e-5, Qwen2 and DeepSeek 1e-6)"
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    "RoPE frequency scaling, as Hugging Face's rope_type: none, linear position interpolation (arXiv:2306.15595), Llama 3.1's per-band (llama3)"
+    rope_factor: float = 1.0
+    "RoPE scaling factor: low frequencies are divided by it (linear: all; Llama 3.1: 8)"
+    rope_low_freq_factor: float = 1.0
+    "llama3 RoPE: wavelengths longer than rope_original_max_len / this are divided by rope_factor (Llama 3.1: 1)"
+    rope_high_freq_factor: float = 4.0
+    "llama3 RoPE: wavelengths shorter than rope_original_max_len / this are kept; those between are blended (Llama 3.1: 4)"
+    rope_original_max_len: int = 8192
+    "llama3 RoPE: the pretraining context length the bands are measured against (Llama 3.1: 8192)"
 
 
 @dataclass
@@ -327,6 +337,8 @@ class PRMConfig:
 class ExportConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     "dtype of the exported weights (r1lab trains in float32; bfloat16 halves the folder and is exact for weights imported from bfloat16)"
+    mtp: bool = False
+    "keep a DeepseekV3 export's MTP module as DeepSeek's checkpoints do (layer model.layers.{n_layers}, which transformers does not load); False drops it"
 
 
 @dataclass
@@ -509,6 +521,10 @@ class Config:
             ("model.qk_rope_head_dim", m.qk_rope_head_dim > 0 and m.qk_rope_head_dim % 2 == 0, "must be a positive even number"),
             ("model.qk_nope_head_dim", m.qk_nope_head_dim > 0, "must be positive"),
             ("model.v_head_dim", m.v_head_dim > 0, "must be positive"),
+            ("model.rope_factor", m.rope_factor >= 1.0, "must be >= 1 (1: no scaling)"),
+            ("model.rope_high_freq_factor", m.rope_scaling != "llama3" or m.rope_high_freq_factor > m.rope_low_freq_factor > 0,
+             "must exceed model.rope_low_freq_factor, which must be positive"),
+            ("model.rope_original_max_len", m.rope_original_max_len > 0, "must be positive"),
             ("model.mtp_depth", m.mtp_depth in (0, 1), "must be 0 or 1"),
             ("model.mtp_loss_weight", m.mtp_loss_weight >= 0, "must be >= 0"),
             ("pretrain.lr", p.lr > 0, "must be positive"),

@@ -96,8 +96,9 @@ def test_bpe_tokenizer_comes_back_as_json_tokenizer_with_its_special_tokens(tmp_
     assert tok.decode(tok.encode(text)) == text  # the R1 tags are plain text here
 
 
-def test_moe_model_cannot_be_exported_and_says_which_field(tmp_path):
+def test_deepseekmoe_model_cannot_be_exported_and_says_which_field(tmp_path):
+    # DeepSeekMoE (GQA, softmax router) has no Hugging Face architecture; V3-style MoE exports as DeepseekV3 (test_hf_v3.py).
     model = Transformer(ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_expert=16), CharTokenizer.build().vocab_size)
-    with pytest.raises(hf.HFFormatError, match="model.ffn"):
+    with pytest.raises(hf.HFFormatError, match="model.attention='gqa' cannot be exported as DeepseekV3"):
         hf.export(model, CharTokenizer.build(), tmp_path / "out")
     assert not (tmp_path / "out").exists()

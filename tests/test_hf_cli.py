@@ -166,7 +166,7 @@ def test_newer_checkpoint_and_unexportable_model_fail_in_one_line(qwen, base_run
     state_file.write_text(json.dumps(meta))
     err = _one_line_exit_2(["export", str(tmp_path / "run"), str(tmp_path / "out")], capsys, "model_config.mla_rank")
     assert "state.json" in err
-    _one_line_exit_2(["export", str(base_run), str(tmp_path / "out")], capsys, "model.ffn='moe' cannot be exported")
+    _one_line_exit_2(["export", str(base_run), str(tmp_path / "out")], capsys, "model.attention='gqa' cannot be exported as DeepseekV3")
     assert not (tmp_path / "out").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")

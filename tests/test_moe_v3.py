@@ -142,3 +142,24 @@ def test_balance_losses_reach_their_minimum_when_even_and_skip_padding():
     skewed = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 4)
     lopsided = sequence_balance_loss(skewed[None], torch.tensor([[[0, 1]] * 4]), torch.ones(1, 4))
     assert lopsided.item() > 1.0
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_gate_before_down_projection_is_the_same_function(grouped):
+    """MoE.gate_before_down weights the experts' hidden activations instead of their outputs:
+    equal at float error, forward and backward (router included), on both kernels."""
+    torch.manual_seed(0)
+    m = MoE(64, 16, 1, 4, 32, 0.0, router="sigmoid", n_group=4, topk_group=2)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    m.experts.use_grouped_mm = grouped and m.experts.use_grouped_mm
+    x = torch.randn(2, 50, 64, requires_grad=True)
+    outs = []
+    for flag in (False, True):
+        m.gate_before_down = flag
+        y, _ = m(x)
+        outs.append((y, torch.autograd.grad((y * torch.linspace(-1, 1, 64)).sum(), [x, *m.parameters()])))
+    (a, ga), (b, gb) = outs
+    assert (a - b).abs().max() < 1e-5
+    assert all((u - v).abs().max() < 1e-5 for u, v in zip(ga, gb))
+    assert next(m.parameters()) is m.router.weight and ga[1].abs().sum() > 0  # the router learns through the gate

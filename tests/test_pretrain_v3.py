@@ -83,5 +83,12 @@ def test_v3_model_through_rl_and_speculative_sampling(tmp_path, capsys, base_run
     capsys.readouterr()
     assert main(["sample", "1+2", "--init", str(base), "--generate.speculative", "--generate.n", "1", "--threads", "1"]) == 0
     assert "MTP drafts accepted" in capsys.readouterr().out
+    # Temperature 0 is greedy with or without drafts (it used to divide by zero in the drafter).
+    greedy = ["sample", "1+2", "9*9", "--init", str(base), "--generate.n", "1", "--generate.sample.temperature", "0", "--threads", "1"]
+    assert main(greedy) == 0
+    plain = capsys.readouterr().out
+    assert main([*greedy, "--generate.speculative"]) == 0
+    drafted = capsys.readouterr().out
+    assert plain.split("\n=== ")[1:] == drafted.split("\n=== ")[1:]
     assert main(["sample", "1+2", "--init", str(base_run), "--generate.speculative", "--threads", "1"]) == 2  # no MTP module
     assert "needs a model with an MTP module" in capsys.readouterr().err

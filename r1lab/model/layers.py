@@ -1,7 +1,10 @@
 """Building blocks shared by the attention variants: RMSNorm (Zhang & Sennrich, 2019) and rotary
-position embeddings (RoFormer, arXiv:2104.09864), rotating the two halves of a head."""
+position embeddings (RoFormer, arXiv:2104.09864), rotating the two halves of a head, with the
+linear and Llama 3.1 frequency scalings that imported checkpoints use."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -18,8 +21,27 @@ class RMSNorm(nn.Module):
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_inv_freq(inv_freq: torch.Tensor, kind: str, factor: float, low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                   original_max_len: int = 8192) -> torch.Tensor:
+    """RoPE frequency scaling. ``linear``: position interpolation (Chen et al., arXiv:2306.15595),
+    every frequency divided by ``factor``. ``llama3`` (Llama 3.1): wavelengths shorter than
+    original_max_len / high_freq_factor are kept, longer than original_max_len / low_freq_factor
+    divided by ``factor``, and those between blended linearly in original_max_len / wavelength."""
+    if kind == "none":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / factor
+    if kind != "llama3":
+        raise ValueError(f"unknown RoPE scaling {kind!r}")
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, scaling: str = "none", factor: float = 1.0, low_freq_factor: float = 1.0,
+                high_freq_factor: float = 4.0, original_max_len: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    inv_freq = scale_inv_freq(inv_freq, scaling, factor, low_freq_factor, high_freq_factor, original_max_len)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
     return angles.cos().float(), angles.sin().float()
 

@@ -15,7 +15,8 @@ in latent space is multiplied by W_UV, so nothing of size (heads x cached length
 expanded. We chose absorption for every cached call because decoding then costs O(S * r) per
 head instead of re-expanding all S cached latents to keys and values at each step
 (benchmarks/decode.py measures it). Departure: rotary positions rotate halves (as in
-transformer.py), not DeepSeek's interleaved pairs.
+transformer.py), not DeepSeek's interleaved pairs; an equivalent layout, since permuting the
+rotary rows turns one into the other (``r1lab.model.hf`` does so to read and write DeepseekV3).
 """
 
 from __future__ import annotations

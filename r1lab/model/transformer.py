@@ -132,6 +132,14 @@ class ModelOutput:
     normed_BTD: torch.Tensor | None = None  # final normed hidden states, only with logits=False
 
 
+def rope_table_args(cfg: ModelConfig) -> tuple:
+    """``rope_tables`` arguments: rotary width (MLA's decoupled rotary part, else the head), length,
+    base, and the frequency scaling."""
+    rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.d_model // cfg.n_heads
+    return (rope_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor, cfg.rope_low_freq_factor,
+            cfg.rope_high_freq_factor, cfg.rope_original_max_len)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -142,8 +150,7 @@ class Transformer(nn.Module):
         self.mtp = MTPModule(cfg) if cfg.mtp_depth > 0 else None
         # Imported checkpoints (most LLaMA sizes) have their own output matrix; tiny ones share it.
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
-        rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.d_model // cfg.n_heads
-        cos, sin = rope_tables(rope_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(*rope_table_args(cfg))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()

@@ -26,7 +26,8 @@ def main(cfg: Config) -> list[str]:
     if g.speculative:
         if model.mtp is None:
             raise common.StageError(f"--generate.speculative needs a model with an MTP module; {ckpt.path} has model.mtp_depth 0")
-        ro, stats = speculative.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, gen)
+        # temperature 0 is greedy decoding, as in rollout.sample; drafting then keeps greedy output identical
+        ro, stats = speculative.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, gen, greedy=g.sample.temperature == 0)
         print(f"sample: MTP drafts accepted {stats.accepted}/{stats.drafts} ({stats.acceptance_rate:.1%}), {stats.forward_passes} decode passes")
     else:
         ro = rollout.sample(model, prompts, g.sample, tok.eos_id, tok.pad_id, gen)
