@@ -721,12 +721,20 @@ def _apply_sharded(model: nn.Module, ckpt: Checkpoint, optimizer: torch.optim.Op
     """Read a sharded checkpoint through DCP into ``model``/``optimizer`` of any world size (in
     one process DCP reads without a process group): DCP reshards by parameter name."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
     for name in extra_models or {}:
         if not _dcp_has(ckpt.path, f"extra.{name}."):
             raise CheckpointError(f"checkpoint {ckpt.path} has no extra model {name!r}")
     sd = _state_dicts(model, optimizer, extra_models)
+    if optimizer is not None:
+        # DCP gives a fresh optimizer state for every parameter; one that never had a gradient
+        # when the checkpoint was saved (AdamW skips it) has none there: it stays stateless, as
+        # after a one-process resume, instead of failing the load on its missing keys.
+        saved = _dcp_keys(ckpt.path)
+        stateless = [fqn for fqn, st in sd["optim"]["state"].items() if not all(f"optim.state.{fqn}.{k}" in saved for k in st)]
+        for fqn in stateless:
+            del sd["optim"]["state"][fqn]
     try:
         with warnings.catch_warnings():  # one plain process (resharding N -> 1, export) is intended here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -734,17 +742,26 @@ def _apply_sharded(model: nn.Module, ckpt: Checkpoint, optimizer: torch.optim.Op
     except Exception as e:  # DCP wraps a missing key or a shape mismatch in its own error types
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit the model: {_one_line(e)}"[:400]) from e
     if optimizer is not None:
-        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"],
+                       options=StateDictOptions(strict=not stateless))
+        params = dict(model.named_parameters())
+        for fqn in stateless:
+            optimizer.state.pop(params[fqn], None)
     else:
         set_model_state_dict(model, sd["model"])
     for name, m in (extra_models or {}).items():
         m.load_state_dict(sd[f"extra.{name}"])
 
 
-def _dcp_has(path: Path, prefix: str) -> bool:
+def _dcp_keys(path: Path) -> set[str]:
+    """The flattened state-dict keys a DCP checkpoint folder holds."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    return any(k.startswith(prefix) for k in FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    return set(FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+def _dcp_has(path: Path, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in _dcp_keys(path))
 
 
 def _apply_full_to_fsdp(model: nn.Module, ckpt: Checkpoint, optimizer: torch.optim.Optimizer | None) -> None:
