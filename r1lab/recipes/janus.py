@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lab import checkpoint, tracking
+from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.evaluate import pass_at_k
 from r1lab.janus import digits, scenes
@@ -199,12 +200,13 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, vq: VQVAE, tok: BaseToke
             t0 = time.perf_counter()
             lr = loop.set_lr(common.lr_at(step, j.lr, j.warmup_steps, total, cfg.pretrain.min_lr_ratio))
             rows, counts = build_rows(stage, tok, task, vq, rng, cfg)
-            out = S.losses(model, S.assemble(model, rows, tok.pad_id))
+            batch = S.assemble(model, rows, tok.pad_id)
+            out = S.losses(model, batch)
             bad, grad_norm = loop.backward_step(out.total, cfg.pretrain.grad_clip)
             load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)
             metrics = {f"{stage}/text_loss": out.text.item(), f"{stage}/code_loss": out.code.item(), f"{stage}/aux_loss": out.aux.item(),
                        f"{stage}/lr": lr, f"{stage}/grad_norm": grad_norm, f"{stage}/rows_gen": counts["gen"],
-                       f"{stage}/steps_per_s": 1 / (time.perf_counter() - t0), **moe.balance_metrics(model, load_LE)}
+                       f"{stage}/tokens_per_s": float(batch.mask_BT.sum()) / (time.perf_counter() - t0), **moe.balance_metrics(model, load_LE)}
             loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
                           postfix={"text": f"{out.text.item():.3f}", "code": f"{out.code.item():.3f}"})
     return loop.last_path
@@ -300,14 +302,42 @@ def grids(run_dir: Path, cfg: Config, images: np.ndarray, verdicts: list[bool], 
     return out
 
 
+RESUME_CHECKED = ("task", "seed", "model", "janus", "eval", "pretrain")
+"the settings a janus run computes with: --resume refuses to change them"
+
+
+def config_changes(saved: dict, cfg: Config) -> list[str]:
+    """``key (saved -> now)`` for the ``RESUME_CHECKED`` settings that differ from a run's
+    config.yaml (a key the file lacks is compared with its default)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before = {**flat(config_lib.to_dict(Config())), **flat(saved)}
+    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in flat(config_lib.to_dict(cfg)).items()
+            if k.split(".")[0] in RESUME_CHECKED and before.get(k) != v]
+
+
 def main(cfg: Config) -> Path:
     t0 = time.time()
     run_dir = common.run_dir_for(cfg, "janus")
     if not cfg.resume and any(checkpoint.latest_step(run_dir / s) is not None for s in ("vq", *STAGES)):
         raise common.StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
+    saved = run_dir / "config.yaml"
+    if cfg.resume and saved.is_file():
+        changes = config_changes(config_lib.load_yaml(saved), cfg)
+        if changes:
+            raise common.StageError(f"--resume with settings that differ from {saved}: {'; '.join(changes)}; "
+                                    "resume with the same settings, or start a new run with another --out")
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)
     print(f"janus: run folder {run_dir}")
+    # Load the digits and fit their classifier before any stage seeds its RNGs: importing
+    # scikit-learn draws from Python's global RNG, which a resumed process would otherwise
+    # draw mid-stage, and resume would no longer be bit-identical.
+    digits.indices("train"), digits.indices("test"), digits.classifier()
     timings = {}
     with common.StopFlag() as stop:
         t = time.time()
