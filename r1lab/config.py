@@ -331,6 +331,8 @@ class JanusConfig:
     "samples per question (n of pass@k, temperature eval.sample.temperature)"
     image_temperature: float = 1.0
     "sampling temperature of image codes"
+    und_input: Literal["encoder", "vq"] = "encoder"
+    "what understanding reads: the patch encoder (Janus's decoupled encoding) or the VQ codes via the generation embedding (one shared encoding)"
 
 
 @dataclass

@@ -33,6 +33,7 @@ class Image:
 @dataclass
 class Codes:
     ids: list[int]
+    loss: bool = True  # False: codes read as an image to understand (a shared VQ encoding), not predicted
 
 
 Row = list  # list[Text | Image | Codes]
@@ -67,7 +68,7 @@ def _pieces(model: JanusModel, rows: list[Row]) -> list[list[tuple[torch.Tensor,
             else:
                 v = cembs[i_code]
                 i_code += 1
-                row.append((v, [-1] * len(s.ids), list(s.ids)))
+                row.append((v, [-1] * len(s.ids), list(s.ids) if s.loss else [-1] * len(s.ids)))
         out.append(row)
     return out
 

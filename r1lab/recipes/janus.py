@@ -82,17 +82,30 @@ def draw_item(rng: random.Random, split: str, digit_fraction: float) -> Item:
 # Rows of the three kinds
 
 
-def caption_row(tok: BaseTokenizer, item: Item) -> S.Row:
-    return [S.Text([tok.bos_id]), S.Image(item.pixels), S.Text(tok.encode(item.caption) + [tok.eos_id], loss=True)]
+def image_segment(pixels: np.ndarray, shared_vq: VQVAE | None) -> S.Image | S.Codes:
+    """An image to understand: through the patch encoder (Janus's decoupled encoding), or, with
+    ``shared_vq`` (``janus.und_input vq``), as its VQ codes through the generation embedding: one
+    shared encoding for both directions, the design Janus argues against."""
+    if shared_vq is None:
+        return S.Image(pixels)
+    return S.Codes(shared_vq.encode(torch.as_tensor(pixels[None]))[0].tolist(), loss=False)
 
 
-def question_prefix(tok: BaseTokenizer, pixels: np.ndarray, question: str) -> S.Row:
+def caption_row(tok: BaseTokenizer, item: Item, shared_vq: VQVAE | None = None) -> S.Row:
+    return [S.Text([tok.bos_id]), image_segment(item.pixels, shared_vq), S.Text(tok.encode(item.caption) + [tok.eos_id], loss=True)]
+
+
+def question_prefix(tok: BaseTokenizer, pixels: np.ndarray, question: str, shared_vq: VQVAE | None = None) -> S.Row:
     """<bos> <image> User: {question}\\nAssistant:  (the R1 template with the image before it)"""
-    return [S.Text([tok.bos_id]), S.Image(pixels), S.Text(tok.encode(PROMPT_TEMPLATE.format(question=question)))]
+    return [S.Text([tok.bos_id]), image_segment(pixels, shared_vq), S.Text(tok.encode(PROMPT_TEMPLATE.format(question=question)))]
 
 
-def qa_row(tok: BaseTokenizer, item: Item) -> S.Row:
-    return question_prefix(tok, item.pixels, item.question) + [S.Text(tok.encode(tok.completion_text("", item.answer)) + [tok.eos_id], loss=True)]
+def qa_row(tok: BaseTokenizer, item: Item, shared_vq: VQVAE | None = None) -> S.Row:
+    return question_prefix(tok, item.pixels, item.question, shared_vq) + [S.Text(tok.encode(tok.completion_text("", item.answer)) + [tok.eos_id], loss=True)]
+
+
+def shared(cfg: Config, vq: VQVAE) -> VQVAE | None:
+    return vq if cfg.janus.und_input == "vq" else None
 
 
 def prompt_ids(tok: BaseTokenizer, prompt: str, drop: bool = False) -> list[int]:
@@ -124,7 +137,7 @@ def build_rows(stage: str, tok: BaseTokenizer, task, vq: VQVAE, rng: random.Rand
             counts["gen"] += 1
         else:
             item = draw_item(rng, "train", j.digit_fraction)
-            rows.append(qa_row(tok, item) if stage == "instruct" else caption_row(tok, item))
+            rows.append(qa_row(tok, item, shared(cfg, vq)) if stage == "instruct" else caption_row(tok, item, shared(cfg, vq)))
             counts["und"] += 1
     if gen_items:
         codes = vq.encode(torch.as_tensor(np.stack([it.pixels for _, it, _ in gen_items])))  # (n, 64)
@@ -226,14 +239,14 @@ def exact(answer: str, reference: str) -> float:
     return float(answer.strip() == reference)
 
 
-def eval_understanding(model: JanusModel, tok: BaseTokenizer, cfg: Config, chunk: int = 128) -> dict:
+def eval_understanding(model: JanusModel, tok: BaseTokenizer, cfg: Config, vq: VQVAE, chunk: int = 128) -> dict:
     """pass@k of answers to held-out questions (test-split scenes and digits), each completion
     scored by the R1 reward (format + exact answer), n = janus.eval_samples at eval temperature."""
     j, n = cfg.janus, cfg.janus.eval_samples
     rng = random.Random(cfg.eval.seed)
     items = [draw_item(rng, "test", j.digit_fraction) for _ in range(j.eval_questions)]
     gen = torch.Generator().manual_seed(cfg.eval.seed)
-    prefixes = [question_prefix(tok, it.pixels, it.question) for it in items for _ in range(n)]
+    prefixes = [question_prefix(tok, it.pixels, it.question, shared(cfg, vq)) for it in items for _ in range(n)]
     texts: list[str] = []
     for i in range(0, len(prefixes), chunk):
         ids = S.generate_text(model, prefixes[i : i + chunk], tok.pad_id, tok.eos_id, ANSWER_TOKENS, cfg.eval.sample.temperature, gen)
@@ -360,7 +373,7 @@ def main(cfg: Config) -> Path:
         x = torch.as_tensor(np.stack([draw_item(rng, "test", cfg.janus.digit_fraction).pixels for _ in range(200)]))
         with torch.no_grad():
             vq_mse = F.mse_loss(vq.decode(vq.encode(x)), x).item()
-        und = eval_understanding(model, tok, cfg)
+        und = eval_understanding(model, tok, cfg, vq)
         gen_plain, img_plain = eval_generation(model, vq, tok, cfg, 1.0)
         gen_cfg, img_cfg = eval_generation(model, vq, tok, cfg, cfg.janus.cfg_scale)
         timings["eval_s"] = time.time() - t
