@@ -454,6 +454,62 @@ class DistConfig:
 
 
 @dataclass
+class JanusConfig:
+    vq_steps: int = 600
+    "VQ-VAE training steps (the generation path's image tokenizer; van den Oord 2017)"
+    vq_batch_size: int = 32
+    "images per VQ-VAE step"
+    vq_lr: float = 2e-3
+    "Adam learning rate of the VQ-VAE"
+    vq_codebook: int = 256
+    "codebook entries K (Janus/LlamaGen: 16384); the image vocabulary of the generation head"
+    vq_dim: int = 16
+    "code vector width (LlamaGen: 8)"
+    vq_channels: int = 64
+    "conv channels of the VQ-VAE encoder and decoder"
+    vq_beta: float = 0.25
+    "commitment loss weight beta (van den Oord 2017: 0.25)"
+    vq_decay: float = 0.99
+    "EMA decay of the codebook (van den Oord 2017, appendix A.1: 0.99)"
+    enc_dim: int = 64
+    "width of the understanding encoder, a patch transformer in SigLIP's role"
+    enc_layers: int = 2
+    "blocks of the understanding encoder"
+    align_steps: int = 150
+    "stage I: only the encoder, adaptors, image embedding and image head train; the LM is frozen (Janus sec. 3.2)"
+    unified_steps: int = 900
+    "stage II: unified training of everything on text, captioning and text-to-image data"
+    instruct_steps: int = 450
+    "stage III: instruction-style tuning: questions with answers in the R1 template, prompts to draw, text"
+    batch_size: int = 24
+    "sequences per step of every stage"
+    lr: float = 2e-3
+    "peak AdamW learning rate of the three stages (cosine decay within each)"
+    warmup_steps: int = 30
+    "linear warm-up steps of each stage"
+    text_weight: float = 0.1
+    "share of text-only sequences (the task's documents) in stages II and III (Janus stage III: 1 in 10)"
+    gen_weight: float = 0.45
+    "share of text-to-image sequences (Janus stage III: 4 in 10); the rest are understanding"
+    digit_fraction: float = 0.3
+    "share of images that are sklearn digits; the rest are procedural scenes"
+    cfg_dropout: float = 0.1
+    "probability that a generation prompt is replaced by pad tokens in training (Janus: 10%), for classifier-free guidance"
+    cfg_scale: float = 3.0
+    "classifier-free guidance scale at sampling (Janus: 5); 1 is the plain conditional model"
+    eval_questions: int = 200
+    "held-out understanding questions (test-split scenes and digits)"
+    eval_prompts: int = 100
+    "held-out scene prompts to draw (plus the ten digit prompts)"
+    eval_samples: int = 4
+    "samples per question (n of pass@k, temperature eval.sample.temperature)"
+    image_temperature: float = 1.0
+    "sampling temperature of image codes"
+    und_input: Literal["encoder", "vq"] = "encoder"
+    "what understanding reads: the patch encoder (Janus's decoupled encoding) or the VQ codes via the generation embedding (one shared encoding)"
+
+
+@dataclass
 class Config:
     task: str = "chain"
     "task name (see r1lab.tasks.TASKS), gym:<reasoning-gym dataset>, or jsonl:<path> (rows {\"question\", \"answer\"[, \"solution\"]})"
@@ -496,6 +552,8 @@ class Config:
     "where pretraining runs: auto takes this rank's GPU when CUDA is available (bf16 autocast), else the CPU"
     dist: DistConfig = field(default_factory=DistConfig)
     "torchrun data parallelism (r1lab <stage> --nproc N, docs/distributed.md)"
+    janus: JanusConfig = field(default_factory=JanusConfig)
+    "r1lab janus: the unified understanding + generation model (Janus, arXiv:2410.13848)"
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -616,6 +674,19 @@ class Config:
             ("data.refresh_every", self.data.refresh_every >= 1, "must be >= 1"),
             ("data.signal_problems", self.data.signal_problems >= 0, "must be >= 0 (0: skip the check)"),
             ("data.curate_problems", self.data.curate_problems >= 1, "must be >= 1"),
+        ]
+        j = self.janus
+        checks += [
+            (f"janus.{k}", getattr(j, k) > 0, "must be positive") for k in
+            ("vq_batch_size", "vq_lr", "vq_codebook", "vq_dim", "vq_channels", "enc_dim", "enc_layers", "batch_size", "lr",
+             "eval_questions", "eval_prompts", "eval_samples", "image_temperature")
+        ] + [(f"janus.{k}", getattr(j, k) >= 0, "must be >= 0") for k in ("vq_steps", "align_steps", "unified_steps", "instruct_steps", "warmup_steps", "vq_beta")] + [
+            ("janus.vq_decay", 0 < j.vq_decay < 1, "must be in (0, 1)"),
+            ("janus.cfg_dropout", 0 <= j.cfg_dropout < 1, "must be in [0, 1)"),
+            ("janus.cfg_scale", j.cfg_scale >= 0, "must be >= 0"),
+            ("janus.digit_fraction", 0 <= j.digit_fraction <= 1, "must be in [0, 1]"),
+            ("janus.text_weight", 0 <= j.text_weight and 0 <= j.gen_weight and j.text_weight + j.gen_weight <= 1, "text_weight + gen_weight must be in [0, 1]"),
+            ("janus.enc_dim", j.enc_dim % 4 == 0, "must be a multiple of 4 (the encoder's heads)"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

@@ -214,9 +214,9 @@ class Transformer(nn.Module):
             raise ValueError("decoding with a filled cache needs key_mask_BS")
         return cos, sin, mask, token_mask
 
-    def forward(self, ids_BT: torch.Tensor, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
+    def forward(self, ids_BT: torch.Tensor | None, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
                 cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None, logits: bool = True,
-                doc_ids_BT: torch.Tensor | None = None) -> ModelOutput:
+                doc_ids_BT: torch.Tensor | None = None, embeds_BTD: torch.Tensor | None = None) -> ModelOutput:
         """Logits for ``ids_BT``.
 
         Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
@@ -229,12 +229,15 @@ class Transformer(nn.Module):
         the output matrix a slice at a time (``r1lab.logprobs``) so that (B, T, V) never exists.
         ``doc_ids_BT`` (B, T) packs several documents in a row (SFT): a token attends only to
         earlier tokens with its own document id, and positions restart at each document (unless
-        given), so a packed row computes what each document alone would (``document_mask``)."""
-        B, T = ids_BT.shape
-        cos, sin, mask, token_mask = self._attention_inputs(B, T, ids_BT.device, positions_BT, key_mask_BS, cache, doc_ids_BT)
+        given), so a packed row computes what each document alone would (``document_mask``).
+        ``embeds_BTD`` (with ``ids_BT`` None) feeds input vectors instead of token ids: image
+        features and image-token embeddings of a multimodal model (``r1lab.janus``)."""
+        B, T = ids_BT.shape if embeds_BTD is None else embeds_BTD.shape[:2]
+        device = ids_BT.device if embeds_BTD is None else embeds_BTD.device
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, device, positions_BT, key_mask_BS, cache, doc_ids_BT)
         if token_mask_BT is not None:
             token_mask = token_mask_BT
-        x = self.embed(ids_BT)
+        x = self.embed(ids_BT) if embeds_BTD is None else embeds_BTD
         aux = x.new_zeros((), dtype=torch.float32)
         loads = []
         for i, layer in enumerate(self.layers):

@@ -32,7 +32,7 @@ SUMMARY_KEYS = ("pass@1", "pass@8", "mean_len")
 # Keys that may change on --resume: they change where and how a run is logged or how fast it runs,
 # never what it computes.
 RESUME_FREE_KEYS = frozenset({"resume", "out", "threads", "tensorboard", "log_every", "save_every", "keep_checkpoints", "max_bad_steps"})
-RESUME_FREE_SECTIONS = ("check", "generate", "label", "export")  # sections zero never reads
+RESUME_FREE_SECTIONS = ("check", "generate", "label", "export", "janus")  # sections zero never reads
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:

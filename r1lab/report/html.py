@@ -55,6 +55,8 @@ CURVE_GROUPS: list[tuple[str, str, str]] = [
     ("throughput", "tokens/s", r".*tokens_per_s"),
     ("expert-load balance", "max expert load / mean load", r"moe/(layer\d+/)?load_max_over_mean"),
     ("dead experts", "routed experts with no token-slot in the step", r"moe/(layer\d+/)?dead_experts"),
+    ("text and image-code losses (Janus)", "cross-entropy (nats/token)", r"(align|unified|instruct)/(text|code)_loss"),
+    ("VQ tokenizer reconstruction", "mean squared error per pixel channel", r"vq/recon_mse"),
     ("balancing bias", "L2 norm of the aux-free selection bias", r"moe/layer\d+/bias_norm"),
 ]
 OFF_WHEN_ZERO = ("KL to the reference policy", "clip fractions", "dead experts", "balancing bias")
@@ -321,6 +323,25 @@ def sample_completions(folder: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return names, rows
 
 
+def janus_section(folder: Path, summary: Any) -> Section:
+    """A ``r1lab janus`` run: held-out understanding and generation figures and the image grids
+    of its held-out drawing prompts (``grids/*.png``)."""
+    sec = Section("Janus: understanding and generation")
+    if not isinstance(summary, dict) or not summary.get("janus"):
+        return sec
+    und, gen = summary.get("understanding", {}), summary.get("generation", {})
+    sec.tables.append(_table(f"held-out understanding ({und.get('questions')} questions, n={und.get('n')}, R1 reward, exact answers)",
+                             [{k: v for k, v in und.items() if "pass@" in k}]))
+    sec.tables.append(_table("held-out generation (scenes: exact detector; digits: classifier)",
+                             [{"guidance": g.get("cfg_scale"), "scene accuracy": g.get("scene_accuracy"), "digit accuracy": g.get("digit_accuracy"),
+                               "scene prompts": g.get("scene_prompts")} for g in gen.values() if isinstance(g, dict)]))
+    sec.notes.append(f"VQ held-out reconstruction MSE {summary.get('vq_heldout_mse', float('nan')):.5f}; digit classifier held-out accuracy "
+                     f"{summary.get('digit_classifier_heldout_accuracy', float('nan')):.3f}")
+    for p in sorted((folder / "grids").glob("*.png")):
+        sec.figures.append(inline(p, p.stem.replace("_", " "), folder))
+    return sec
+
+
 def experiment_sections(folder: Path, summary: dict[str, Any], draw: _Drawer) -> list[Section]:
     """An experiment folder: its comparison table, its own plots, and the curves of the runs under
     it (``<arm>/seed<N>/[<stage>/]metrics.jsonl``: one line per arm and stage, seeds as a band)."""
@@ -385,7 +406,7 @@ def build(folder: str | Path) -> Path:
         status = "complete (summary.json written)"
     else:
         kind = "run"
-        sections = [summary_table(folder), evaluations(folder, draw), training_curves(folder, draw), expert_load(folder, draw)]
+        sections = [summary_table(folder), janus_section(folder, summary), evaluations(folder, draw), training_curves(folder, draw), expert_load(folder, draw)]
         names, samples = sample_completions(folder)
         status = "complete (summary.json written)" if summary is not None else _progress_note(folder)
     sections = [s for s in sections if s.figures or s.tables]

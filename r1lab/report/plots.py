@@ -92,3 +92,24 @@ def heatmap(path: str | Path, matrix: Sequence[Sequence[float]], *, title: str, 
         ax.set_yticks(range(len(yticklabels)), yticklabels)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return _save(fig, path)
+
+
+def image_grid(path: str | Path, images: Sequence[np.ndarray], *, title: str, labels: Sequence[str] | None = None,
+               ncols: int = 8) -> Path:
+    """Images in a grid, each (3, H, W) or (H, W, 3) RGB (or (H, W) grey) in [0, 1], with an
+    optional short label under each (a prompt, a verdict)."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.5 * ncols, 1.7 * nrows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= n:
+            continue
+        im = np.asarray(images[i], dtype=float)
+        if im.ndim == 3 and im.shape[0] in (1, 3) and im.shape[-1] not in (1, 3):
+            im = im.transpose(1, 2, 0)
+        ax.imshow(np.clip(im, 0, 1), cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        if labels is not None:
+            ax.set_title(labels[i], fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,186 @@
+"""Mixed sequences of text, image features and image codes: assembly into input vectors with
+next-token targets for training, and the two KV-cache samplers (text answers, image codes).
+
+A row is a list of segments: ``Text(ids, loss)`` (token ids; ``loss`` marks ids the model is
+trained to predict), ``Image(pixels)`` (understanding: 16 encoder vectors, never predicted) and
+``Codes(ids)`` (generation: 64 VQ codes, always predicted, by the image head). Rows are right-padded
+for training (plain causal attention, as pretraining) and left-padded for sampling (positions and
+a key mask, as ``r1lab.rollout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from r1lab.janus.model import N_CODES, JanusModel, cfg_logits
+
+
+@dataclass
+class Text:
+    ids: list[int]
+    loss: bool = False
+
+
+@dataclass
+class Image:
+    pixels: np.ndarray  # (3, 32, 32) in [0, 1]
+
+
+@dataclass
+class Codes:
+    ids: list[int]
+    loss: bool = True  # False: codes read as an image to understand (a shared VQ encoding), not predicted
+
+
+Row = list  # list[Text | Image | Codes]
+
+
+@dataclass
+class Batch:
+    embeds_BTD: torch.Tensor
+    mask_BT: torch.Tensor  # real (non-padding) positions
+    text_tgt_BT: torch.Tensor  # next text token to predict at each position, -1: none
+    code_tgt_BT: torch.Tensor  # next image code to predict at each position, -1: none
+
+
+def _pieces(model: JanusModel, rows: list[Row]) -> list[list[tuple[torch.Tensor, list[int], list[int]]]]:
+    """Per row, per segment: (vectors (n, D), text labels (n,), code labels (n,)); -1 = no target.
+    Images and codes of all rows go through their encoders in one batch each."""
+    images = [s.pixels for r in rows for s in r if isinstance(s, Image)]
+    codes = [s.ids for r in rows for s in r if isinstance(s, Codes)]
+    feats = model.image_features(torch.as_tensor(np.stack(images))) if images else None  # (n, 16, D)
+    cembs = model.code_embeds(torch.tensor(codes)) if codes else None  # (n, 64, D)
+    out, i_img, i_code = [], 0, 0
+    for r in rows:
+        row = []
+        for s in r:
+            if isinstance(s, Text):
+                n = len(s.ids)
+                row.append((model.text_embeds(torch.tensor(s.ids)), list(s.ids) if s.loss else [-1] * n, [-1] * n))
+            elif isinstance(s, Image):
+                v = feats[i_img]
+                i_img += 1
+                row.append((v, [-1] * v.shape[0], [-1] * v.shape[0]))
+            else:
+                v = cembs[i_code]
+                i_code += 1
+                row.append((v, [-1] * len(s.ids), list(s.ids) if s.loss else [-1] * len(s.ids)))
+        out.append(row)
+    return out
+
+
+def assemble(model: JanusModel, rows: list[Row], pad_id: int) -> Batch:
+    """Right-padded training batch; targets are shifted so position t predicts position t+1."""
+    per_row = _pieces(model, rows)
+    T = max(sum(p[0].shape[0] for p in row) for row in per_row)
+    pad_vec = model.text_embeds(torch.tensor([pad_id]))[0]
+    embeds, mask, text_tgt, code_tgt = [], [], [], []
+    for row in per_row:
+        vecs = torch.cat([p[0] for p in row])  # (n, D)
+        n = vecs.shape[0]
+        tl = sum((p[1] for p in row), [])[1:] + [-1]
+        cl = sum((p[2] for p in row), [])[1:] + [-1]
+        embeds.append(torch.cat([vecs, pad_vec.expand(T - n, -1)]))
+        mask.append([True] * n + [False] * (T - n))
+        text_tgt.append(tl + [-1] * (T - n))
+        code_tgt.append(cl + [-1] * (T - n))
+    return Batch(torch.stack(embeds), torch.tensor(mask), torch.tensor(text_tgt), torch.tensor(code_tgt))
+
+
+@dataclass
+class Losses:
+    total: torch.Tensor
+    text: torch.Tensor  # mean NLL of the text targets (0 when there are none)
+    code: torch.Tensor  # mean NLL of the image-code targets
+    aux: torch.Tensor  # MoE balance loss
+    load_LE: torch.Tensor | None
+
+
+def losses(model: JanusModel, batch: Batch) -> Losses:
+    out = model.hidden(batch.embeds_BTD, token_mask_BT=batch.mask_BT)
+    h_BTD = out.normed_BTD
+    zero = h_BTD.new_zeros(())
+    t_sel, c_sel = batch.text_tgt_BT >= 0, batch.code_tgt_BT >= 0
+    text = F.cross_entropy(model.text_logits(h_BTD[t_sel]), batch.text_tgt_BT[t_sel]) if t_sel.any() else zero
+    code = F.cross_entropy(model.code_logits(h_BTD[c_sel]), batch.code_tgt_BT[c_sel]) if c_sel.any() else zero
+    return Losses(text + code + out.aux_loss, text, code, out.aux_loss, out.load_LE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling (KV cache, left padding)
+
+
+def _prefill(model: JanusModel, rows: list[Row], pad_id: int, extra: int):
+    """Left-pad the rows' vectors, run them through the LM into a fresh cache with room for
+    ``extra`` more tokens; returns (last normed hidden (B, D), cache, key mask, next positions)."""
+    per_row = _pieces(model, rows)
+    vecs = [torch.cat([p[0] for p in row]) for row in per_row]
+    T = max(v.shape[0] for v in vecs)
+    pad_vec = model.text_embeds(torch.tensor([pad_id]))[0]
+    embeds = torch.stack([torch.cat([pad_vec.expand(T - v.shape[0], -1), v]) for v in vecs])  # (B, T, D)
+    mask = torch.tensor([[False] * (T - v.shape[0]) + [True] * v.shape[0] for v in vecs])  # (B, T)
+    pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+    cache = model.lm.new_cache(len(rows), T + extra)
+    out = model.hidden(embeds, positions_BT=pos, key_mask_BS=mask, cache=cache)
+    return out.normed_BTD[:, -1], cache, mask, pos[:, -1:] + 1
+
+
+def _sample(logits_BV: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    if temperature == 0:
+        return logits_BV.argmax(-1)
+    probs = torch.softmax(logits_BV.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+
+@torch.no_grad()
+def generate_text(model: JanusModel, rows: list[Row], pad_id: int, eos_id: int, max_new: int, temperature: float,
+                  gen: torch.Generator) -> list[list[int]]:
+    """Sampled continuations (token ids, up to and without eos) of each row."""
+    h_BD, cache, mask, pos = _prefill(model, rows, pad_id, max_new)
+    B = len(rows)
+    out = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_new):
+        tok = _sample(model.text_logits(h_BD), temperature, gen)  # (B,)
+        for b in range(B):
+            if not done[b]:
+                if int(tok[b]) == eos_id:
+                    done[b] = True
+                else:
+                    out[b].append(int(tok[b]))
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)
+        h_BD = model.hidden(model.text_embeds(tok[:, None]), positions_BT=pos, key_mask_BS=mask, cache=cache).normed_BTD[:, -1]
+        pos = pos + 1
+    return out
+
+
+@torch.no_grad()
+def generate_codes(model: JanusModel, prompts: list[list[int]], pad_id: int, temperature: float, gen: torch.Generator,
+                   scale: float = 1.0, uncond: list[list[int]] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """64 image codes per prompt (B, 64), and the logits each was sampled from. With ``uncond``
+    (the prompts with their text replaced by pad, same lengths) the cond and uncond rows run as one
+    batch and the logits are ``cfg_logits(cond, uncond, scale)``."""
+    B = len(prompts)
+    rows = [[Text(p)] for p in prompts] + ([[Text(p)] for p in uncond] if uncond is not None else [])
+    h_BD, cache, mask, pos = _prefill(model, rows, pad_id, N_CODES)
+    codes, logits_seen = [], []
+    for i in range(N_CODES):
+        logits = model.code_logits(h_BD)  # (B or 2B, K)
+        if uncond is not None:
+            logits = cfg_logits(logits[:B], logits[B:], scale)
+        code = _sample(logits, temperature, gen)  # (B,)
+        codes.append(code)
+        logits_seen.append(logits)
+        if i == N_CODES - 1:
+            break
+        feed = code if uncond is None else torch.cat([code, code])
+        mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=torch.bool)], dim=1)
+        h_BD = model.hidden(model.code_embeds(feed[:, None], start=i), positions_BT=pos, key_mask_BS=mask, cache=cache).normed_BTD[:, -1]
+        pos = pos + 1
+    return torch.stack(codes, dim=1), logits_seen
