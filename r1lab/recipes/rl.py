@@ -12,14 +12,17 @@ this file only wires it.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from r1lab import lora, rl, rollout
+from r1lab import lora, monitor, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
 from r1lab.recipes import common
@@ -105,6 +108,30 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
     return mb_loss, torch.cat(mismatch)
 
 
+EVENTS_FILE = "events.jsonl"
+"the reward-hacking monitor's events of an RL run, one JSON object a line"
+MONITOR_FILE = "monitor.json"
+"the monitor's summary of an RL run (events by kind, the first one)"
+
+
+def write_events(run_dir: Path, events: list[dict]) -> None:
+    """Rewrite the events file with ``events`` (on start and resume: a killed process's events
+    after its last checkpoint are dropped, and fire again identically). Atomic replace."""
+    path = Path(run_dir) / EVENTS_FILE
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    tmp.replace(path)
+
+
+def report_events(run_dir: Path, events: list[monitor.Event], metrics: dict) -> None:
+    """A warning line on stderr, a line in the events file and a ``monitor/flag_<kind>`` metric per event."""
+    with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
+        for e in events:
+            print(f"monitor: WARNING step {e.step}: {e.kind}: {e.message}", file=sys.stderr, flush=True)
+            f.write(json.dumps({"step": e.step, "kind": e.kind, "message": e.message, "values": e.values}) + "\n")
+            metrics[f"monitor/flag_{e.kind}"] = 1.0
+
+
 def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     """Train from the checkpoint at ``init``; checkpoints go to ``run_dir``; returns the last one."""
     r = cfg.rl
@@ -135,6 +162,12 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     print(f"rl: {r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
+    # The reward-hacking monitor only observes: its probe samples with its own generator, so the
+    # policy's samples and every other metric are the same with it on or off (tested).
+    watch = monitor.Monitor(r.monitor, loop.state.get("monitor")) if r.monitor.enabled else None
+    probe_cfg = EvalConfig(n_problems=r.monitor.probe_problems, n_samples=1, ks=[1], seed=r.monitor.probe_seed, sample=r.sample)
+    if watch is not None:
+        write_events(run_dir, watch.events)
     policy.train()
     with loop:
         for step in loop.steps():
@@ -299,8 +332,28 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 metrics["eval/pass@1"] = res.metrics["pass@1"]
                 metrics["eval/mean_len"] = res.metrics["mean_len"]
                 policy.train()
-            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
+            state = None
+            if watch is not None:
+                stats = monitor.batch_stats(texts, ro.finished.tolist(), ro.completion_lengths.tolist(), [s.format for s in scores],
+                                            [s.correct for s in scores], float(rewards_N.mean()), r.monitor.repeat_min)
+                events = watch.observe_batch(step + 1, stats)
+                metrics.update(watch.metrics(stats))
+                if loop.due(r.monitor.probe_every, step + 1):
+                    probe = evaluate_model(policy, tok, task, probe_cfg, weights, desc="monitor probe")
+                    metrics["monitor/probe_pass@1"] = probe.metrics["pass@1"]
+                    events += watch.observe_probe(step + 1, probe.metrics["pass@1"])
+                    policy.train()
+                metrics["monitor/events"] = float(len(watch.events))
+                report_events(run_dir, events, metrics)
+                state = {"monitor": watch.state()}
+            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE, state=state,
                           postfix={"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"})
+    if watch is not None:
+        summary = monitor.summary(watch.events)
+        (Path(run_dir) / MONITOR_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        kinds = ", ".join(f"{k} x{n}" for k, n in summary["kinds"].items())
+        print(f"monitor: {summary['events']} reward-hacking event(s): {kinds}; see {Path(run_dir) / EVENTS_FILE}" if summary["events"]
+              else "monitor: no sign of reward hacking (proxy vs verified, exploit shapes)")
     return loop.last_path
 
 
