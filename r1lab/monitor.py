@@ -28,7 +28,8 @@ the verified correct rate's line does not rise (R1-Zero's honest signature is le
 
 Departure: the papers above measure over-optimisation against a held-out gold reward model; here
 the gold is exact, so the monitor's "verified" numbers are the same ones pass@k counts.
-An event fires once at the onset of its condition and again only after the condition cleared.
+An event fires once at the onset of its condition and again only after the condition stayed
+clear for a whole window.
 """
 
 from __future__ import annotations
@@ -176,22 +177,26 @@ class Monitor:
         self.baseline: dict[str, list[float]] = {k: list(v) for k, v in s.get("baseline", {}).items()}
         self.probes: list[list[float]] = [list(p) for p in s.get("probes", [])]  # [step, proxy since last probe, verified]
         self.pending: list[float] = list(s.get("pending", [0.0, 0.0]))  # proxy sum and count since the last probe
-        self.active: list[str] = list(s.get("active", []))
+        self.active: dict[str, int] = dict(s.get("active", {}))  # kind -> observations in a row without it
         self.events: list[dict] = list(s.get("events", []))
 
     def state(self) -> dict:
         return {"batches": self.batches, "baseline": self.baseline, "probes": self.probes, "pending": self.pending,
                 "active": self.active, "events": self.events}
 
-    def _fire(self, step: int, kind: str, on: bool, message: str, values: dict[str, float]) -> list[Event]:
-        """Record an event at the onset of ``on``; re-arm when it clears."""
+    def _fire(self, step: int, kind: str, on: bool, message: str, values: dict[str, float], rearm: int = 1) -> list[Event]:
+        """Record an event at the onset of ``on``; re-arm only after ``rearm`` observations in a
+        row without it (hysteresis: a trend hovering at its threshold is one event, not many)."""
         if not on:
             if kind in self.active:
-                self.active.remove(kind)
+                self.active[kind] += 1
+                if self.active[kind] >= rearm:
+                    del self.active[kind]
             return []
         if kind in self.active:
+            self.active[kind] = 0
             return []
-        self.active.append(kind)
+        self.active[kind] = 0
         event = Event(step, kind, message, {k: round(v, 6) for k, v in values.items()})
         self.events.append(asdict(event))
         return [event]
@@ -213,11 +218,11 @@ class Monitor:
         events += self._fire(step, "divergence_batch", diverging(xs, proxy, correct, c.reward_rise, c.accuracy_fall),
                              f"training reward rose {change(xs, proxy):+.3f} while the batches' verified correct rate fell "
                              f"{change(xs, correct):+.3f} over steps {xs[0]}-{xs[-1]}",
-                             {"proxy_change": change(xs, proxy), "correct_change": change(xs, correct)})
+                             {"proxy_change": change(xs, proxy), "correct_change": change(xs, correct)}, c.window)
         events += self._fire(step, "length_gaming", length_gaming(xs, lengths, correct, c.length_rise),
                              f"mean completion length rose {change(xs, lengths):+.1f} tokens while the verified correct rate "
                              f"did not rise ({change(xs, correct):+.3f}) over steps {xs[0]}-{xs[-1]}",
-                             {"len_change": change(xs, lengths), "correct_change": change(xs, correct)})
+                             {"len_change": change(xs, lengths), "correct_change": change(xs, correct)}, c.window)
         for shape in SHAPES:
             recent = [b[shape] for b in self.batches if b[shape] is not None]
             base = self.baseline.get(shape, [])
@@ -225,7 +230,7 @@ class Monitor:
             now = sum(recent) / len(recent) if recent else 0.0
             then = sum(base) / len(base) if base else 0.0
             events += self._fire(step, shape, on, f"{shape.replace('_', ' ')} in {now:.0%} of completions over steps {xs[0]}-{xs[-1]} "
-                                 f"(first {c.window} steps: {then:.0%})", {"rate": now, "baseline": then})
+                                 f"(first {c.window} steps: {then:.0%})", {"rate": now, "baseline": then}, c.window)
         return events
 
     def observe_probe(self, step: int, verified: float) -> list[Event]:
@@ -241,7 +246,7 @@ class Monitor:
         return self._fire(step, "divergence_probe", diverging(xs, px, vs, c.reward_rise, c.accuracy_fall),
                           f"training reward rose {change(xs, px):+.3f} while held-out verified pass@1 fell {change(xs, vs):+.3f} "
                           f"over probes at steps {int(xs[0])}-{int(xs[-1])}",
-                          {"proxy_change": change(xs, px), "verified_change": change(xs, vs)})
+                          {"proxy_change": change(xs, px), "verified_change": change(xs, vs)}, c.probe_window)
 
     def metrics(self, stats: BatchStats) -> dict[str, float]:
         """``monitor/*`` metrics of this batch (the probe adds ``monitor/probe_pass@1``)."""
