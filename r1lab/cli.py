@@ -8,6 +8,7 @@
     r1lab check-task countdown                  leak check of a task's splits, corpus and RL prompts
     r1lab report runs/zero-x                    (re)write report.html of a run or experiment folder
     r1lab label --from runs/zero-x --out labels.jsonl   label reasoning steps in the browser
+    r1lab prm label --init runs/base --out steps.jsonl  Math-Shepherd step labels (then prm train, prm eval)
 
 Configuration: defaults < ``--config FILE.yaml`` < dotted overrides. Bad input (config, dataset,
 checkpoint, task name, an unwritable path or a full disk) ends in one line on stderr and exit code 2
@@ -42,6 +43,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
     "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ("export",)),
     "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
+    "prm": ("r1lab.recipes.prm", "r1lab prm label|train|eval: Math-Shepherd step labels, a process/outcome reward model, its accuracy against exact labels", ("prm", "model")),
 }
 # Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.
 POSITIONAL: dict[str, tuple[str, ...]] = {"export": ("init", "out"), "import": ("init", "out")}
@@ -98,6 +100,12 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
         rest = ["--out", rest[0], *rest[1:]]
     if stage == "label":
         rest = label_flags(rest)
+    # `r1lab prm ACTION ...`: the first word is the action (prm.action).
+    prm_action = None
+    if stage == "prm":
+        if not rest or rest[0] not in PRM_ACTIONS:
+            raise ConfigError(f"r1lab prm needs an action first: {' | '.join(PRM_ACTIONS)} (r1lab prm label --init RUN --out labels.jsonl)")
+        prm_action = rest.pop(0)
     positional = []
     while rest and not rest[0].startswith("--") and stage in POSITIONAL:
         positional.append(rest.pop(0))
@@ -109,7 +117,13 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
         overrides["task"] = task_arg
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
+    if prm_action is not None:
+        overrides.setdefault("prm", {})["action"] = prm_action
     return stage, config_lib.build(*layers, overrides), debug
+
+
+PRM_ACTIONS = ("label", "train", "eval")
+"`r1lab prm ACTION`: the actions, in the order a user runs them"
 
 
 # `r1lab label` short flags -> their config keys; --agreement takes two files.

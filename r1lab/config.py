@@ -261,6 +261,10 @@ class EvalConfig:
     "seed of problem selection and sampling (fixed so that base and RL see the same problems)"
     sample: SampleConfig = field(default_factory=SampleConfig)
     "evaluation sampling"
+    rerank: str = ""
+    "best-of-N reranking beside pass@k: prm:PATH or orm:PATH (a `r1lab prm train` run) picks the best-scored of k samples (rerank@k); empty: off"
+    rerank_aggregate: Literal["min", "product", "last"] = "min"
+    "a completion's score from its step scores and answer-step score: min (Math-Shepherd), product (Lightman et al. 2023) or last (the answer step)"
 
 
 @dataclass
@@ -299,6 +303,44 @@ class LabelConfig:
     "`--token`: secret the page must present (?token=...); empty: none on loopback, a random one printed elsewhere"
     agreement: list[str] = field(default_factory=list)
     "`--agreement A B`: print Cohen's kappa of two label files (and agreement with exact step checks) instead of serving"
+
+
+@dataclass
+class PRMConfig:
+    action: Literal["label", "train", "eval"] = "label"
+    "what `r1lab prm ACTION` does: label steps by rollouts, train a reward model, evaluate one against exact labels"
+    data: str = ""
+    "step-labelled JSONL written by `r1lab prm label` (train: the training set; eval: the held-out set)"
+    split: Literal["train", "test"] = "train"
+    "task split whose problems `prm label` samples (train for training data, test for held-out evaluation data)"
+    n_problems: int = 32
+    "distinct problems `prm label` samples traces for"
+    traces_per_problem: int = 4
+    "completions sampled from the policy per problem, each labelled step by step"
+    rollouts: int = 8
+    "Math-Shepherd N: completions rolled out from each step prefix (the paper uses 8); 0 writes exact labels only"
+    marker: str = ""
+    "step separator inside <think>; empty: one step per line"
+    labels: Literal["hard", "soft", "exact"] = "hard"
+    "PRM training target: hard (any rollout correct, Math-Shepherd's default), soft (the fraction), or exact (Task.step_checks, an oracle)"
+    kind: Literal["prm", "orm"] = "prm"
+    "prm: a label at every step end and at the answer; orm: only final correctness at the completion's last token"
+    steps: int = 200
+    "optimizer steps of `prm train`"
+    batch_size: int = 16
+    "labelled completions per training step (drawn without replacement, reshuffled each epoch)"
+    lr: float = 1e-4
+    "peak AdamW learning rate (Math-Shepherd trains its PRM from the policy at 1e-6 to 2e-6; tiny models need more)"
+    warmup_steps: int = 10
+    "linear warm-up steps, then cosine decay to a tenth"
+    weight_decay: float = 0.0
+    "AdamW weight decay on matrices"
+    grad_clip: float = 1.0
+    "global gradient-norm clip; 0 disables it"
+    threshold: float = 0.5
+    "`prm eval`: a step is predicted right when its score is at least this"
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    "sampling of the traces and of the rollouts from each step (`prm label`)"
 
 
 @dataclass
@@ -350,6 +392,7 @@ class Config:
     label: LabelConfig = field(default_factory=LabelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first impossible value; return self."""
@@ -434,6 +477,18 @@ class Config:
             ("label.n_traces", self.label.n_traces >= 1, "must be >= 1"),
             ("label.port", 0 <= self.label.port <= 65535, "must be in [0, 65535]"),
             ("label.agreement", len(self.label.agreement) in (0, 2), "needs exactly two label files"),
+            ("eval.rerank", not e.rerank or e.rerank.split(":", 1)[0] in ("prm", "orm") and len(e.rerank.split(":", 1)) == 2 and bool(e.rerank.split(":", 1)[1]),
+             "must be empty, prm:PATH or orm:PATH"),
+            ("prm.n_problems", self.prm.n_problems >= 1, "must be >= 1"),
+            ("prm.traces_per_problem", self.prm.traces_per_problem >= 1, "must be >= 1"),
+            ("prm.rollouts", self.prm.rollouts >= 0, "must be >= 0 (0: exact labels only)"),
+            ("prm.steps", self.prm.steps >= 0, "must be >= 0"),
+            ("prm.batch_size", self.prm.batch_size >= 1, "must be >= 1"),
+            ("prm.lr", self.prm.lr > 0, "must be positive"),
+            ("prm.threshold", 0.0 <= self.prm.threshold <= 1.0, "must be in [0, 1]"),
+            ("prm.sample.temperature", self.prm.sample.temperature > 0, "must be positive (rollouts sample)"),
+            ("prm.sample.top_p", 0 < self.prm.sample.top_p <= 1, "must be in (0, 1]"),
+            ("prm.sample.max_new_tokens", self.prm.sample.max_new_tokens >= 1, "must be >= 1"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

@@ -16,7 +16,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1lab.rewards import THINK_CLOSE, THINK_OPEN, extract_answer
+from r1lab.prm import steps as prm_steps
+from r1lab.rewards import extract_answer
 from r1lab.tasks import Example, get_task
 
 
@@ -46,14 +47,8 @@ class Trace:
 
 def split_steps(completion: str) -> list[str]:
     """The non-empty lines of the ``<think>`` block (of the whole text before ``<answer>`` when
-    there is no think block), stripped."""
-    start = completion.find(THINK_OPEN)
-    if start >= 0:
-        end = completion.find(THINK_CLOSE, start)
-        body = completion[start + len(THINK_OPEN) : end if end >= 0 else len(completion)]
-    else:
-        body = completion.split("<answer>")[0]
-    return [line.strip() for line in body.splitlines() if line.strip()]
+    there is no think block), stripped: ``r1lab.prm.split_steps`` with lines as steps."""
+    return prm_steps.split_steps(completion)
 
 
 def trace_id(task: str, question: str, steps: list[str]) -> str:
