@@ -242,9 +242,7 @@ class RLConfig:
     process_weight: float = 0.5
     "hybrid: advantage = process_weight x process advantage + (1 - process_weight) x outcome advantage"
     prm: str = ""
-    "process reward model (r1lab prm train run or checkpoint folder) scoring each step; empty: the task's exact step checks (an oracle PRM)"
-    step_marker: str = ""
-    "steps are the <think> block's lines, or the pieces between occurrences of this marker (Math-Shepherd's 'Step k:')"
+    "process reward model (an `r1lab prm train` run or checkpoint folder) scoring each step; empty: the task's exact step checks (an oracle PRM, steps cut at prm.marker)"
 
 
 @dataclass

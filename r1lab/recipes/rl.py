@@ -11,18 +11,21 @@ this file only wires it.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import json
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from r1lab import lora, monitor, rl, rollout
+from r1lab import lora, monitor, prm, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
 from r1lab.recipes import common
@@ -30,7 +33,8 @@ from r1lab.recipes.eval import evaluate_model
 from r1lab.recipes.loop import TrainLoop
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
-from r1lab.tasks.base import Example
+from r1lab.tasks.base import Example, Task
+from r1lab.tokenizer import BaseTokenizer
 
 
 def _think_present(completion: str, example: Example) -> float:
@@ -108,6 +112,59 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
     return mb_loss, torch.cat(mismatch)
 
 
+def token_char_ends(tok: BaseTokenizer, ids: list[int]) -> list[int]:
+    """For each completion token k, how many characters of ``tok.decode_completion(ids)`` its
+    first k + 1 tokens decode to (tokens from eos on add nothing). Token by token when the pieces
+    join up to the text (the character tokenizer, most BPE), else by decoding each prefix."""
+    text = tok.decode_completion(ids)
+    stop = ids.index(tok.eos_id) if tok.eos_id in ids else len(ids)
+    pieces = ["" if k >= stop or i == tok.pad_id else tok.decode([i]) for k, i in enumerate(ids)]
+    if "".join(pieces) == text:
+        return list(itertools.accumulate(len(p) for p in pieces))
+    return [len(tok.decode_completion(ids[: k + 1])) for k in range(len(ids))]
+
+
+@dataclass
+class StepRewards:
+    """The steps of a batch of completions, for process-reward advantages (``rl.process_advantages``)."""
+
+    rewards: list[list[float]]  # per completion: a reward per reasoning step, then the answer step's
+    ends: list[list[int]]  # the rollout column of each of those steps' last token
+    agree: int = 0  # learned PRM only: steps whose score (>= 0.5) agrees with the exact label
+    judged: int = 0  # steps with an exact label
+
+
+def oracle_checks(task: Task) -> bool:
+    """Whether ``task`` has exact step checks (``Task.step_checks`` not None)."""
+    return task.step_checks(task.sample(random.Random(0), "train"), []) is not None
+
+
+def step_rewards(texts: list[str], examples: list[Example], scores: list, ro: rollout.Rollout, tok: BaseTokenizer, task: Task,
+                 scorer: prm.StepScorer | None, marker: str) -> StepRewards:
+    """Score every step: with ``scorer`` the learned PRM's probability, else the task's exact check
+    (1 right, 0 wrong or unreadable). The answer step (the whole completion, ending at its last
+    token) scores the PRM's answer head, or the verifier's correctness for the oracle."""
+    out = StepRewards([], [])
+    learned = scorer.score_batch([(ex.question, t) for ex, t in zip(examples, texts)]) if scorer is not None else None
+    for i, (text, ex) in enumerate(zip(texts, examples)):
+        spans = prm.step_spans(text, scorer.marker if scorer is not None else (marker or None))
+        checks = task.step_checks(ex, [text[a:b] for a, b in spans]) or [None] * len(spans)
+        if learned is not None:
+            values = [*learned[i][0], learned[i][1]]
+            for v, c in zip(learned[i][0], checks):
+                if c is not None:
+                    out.judged += 1
+                    out.agree += int((v >= 0.5) == c)
+        else:
+            values = [1.0 if c else 0.0 for c in checks] + [float(scores[i].correct)]
+        cols = ro.completion_mask[i].nonzero().squeeze(-1).tolist()
+        char_ends = token_char_ends(tok, ro.tokens[i, cols].tolist())
+        ends = [e for _, e in spans] + [len(text)]
+        out.rewards.append(values)
+        out.ends.append([cols[min(bisect.bisect_left(char_ends, max(e, 1)), len(cols) - 1)] for e in ends])
+    return out
+
+
 EVENTS_FILE = "events.jsonl"
 "the reward-hacking monitor's events of an RL run, one JSON object a line"
 MONITOR_FILE = "monitor.json"
@@ -147,6 +204,15 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
         lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
     G, max_len = r.group_size, policy.cfg.max_seq_len
+    scorer = None  # process rewards: a learned PRM, or (None) the task's exact step checks
+    if r.reward != "outcome":
+        if r.prm:
+            try:
+                scorer = prm.load_scorer(r.prm)
+            except ValueError as err:
+                raise common.StageError(f"rl.prm: {err}") from None
+        elif not oracle_checks(task):
+            raise common.StageError(f"rl.reward {r.reward}: task {task.name!r} has no exact step checks; give a trained reward model with --rl.prm PATH")
     # The reference policy is the starting point, frozen; only built when the KL term uses it
     # (with LoRA it is the policy itself with its adapters switched off: no second copy).
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
@@ -159,7 +225,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                      extra_models=extra, start_path=init_ckpt.path)
     if loop.finished:
         return loop.last_path
-    print(f"rl: {r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
+    reward_name = "" if r.reward == "outcome" else f"{r.reward} reward ({'PRM ' + r.prm if r.prm else 'exact step checks'}), "
+    print(f"rl: {reward_name}{r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
     # The reward-hacking monitor only observes: its probe samples with its own generator, so the
@@ -226,7 +293,15 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t_ref = time.perf_counter() - t1
 
             # 3. Advantages; the loss mask drops truncated completions under DAPO's overlong filter.
+            # Process supervision: one advantage per token from the step rewards (DeepSeekMath 4.1.3).
             adv_N = rl.advantages(rewards_N, G, r.advantage, r.scale_rewards)  # (N,)
+            proxy = float(rewards_N.mean())  # what the advantages pay for, as the monitor sees it
+            if r.reward != "outcome":
+                step_r = step_rewards(texts, row_examples, scores, ro, tok, task, scorer, cfg.prm.marker)
+                process_NT = rl.process_advantages(step_r.rewards, step_r.ends, G, ro.tokens.shape[1])  # (N, T)
+                adv_N = process_NT if r.reward == "process" else rl.hybrid_advantages(process_NT, adv_N, r.process_weight)  # (N, T)
+                process_mean = sum(sum(v) / len(v) for v in step_r.rewards) / len(step_r.rewards)
+                proxy = process_mean if r.reward == "process" else r.process_weight * process_mean + (1 - r.process_weight) * proxy
             loss_mask = ro.completion_mask
             if r.overlong == "mask":
                 loss_mask = loss_mask & ro.finished[:, None]
@@ -323,6 +398,11 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             }
             if r.entropy_coef > 0:
                 metrics["train/entropy"] = stats["entropy"] / n_tok
+            if r.reward != "outcome":
+                metrics["reward/process_mean"] = process_mean
+                metrics["process/steps_mean"] = sum(len(v) - 1 for v in step_r.rewards) / len(step_r.rewards)
+                if step_r.judged:
+                    metrics["process/prm_step_acc"] = step_r.agree / step_r.judged
             if r.dynamic_sampling:
                 metrics["rollout/groups_drawn_per_kept"] = drawn / max(n_kept, 1)
                 metrics["rollout/sample_rounds"] = rounds
@@ -335,7 +415,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             state = None
             if watch is not None:
                 stats = monitor.batch_stats(texts, ro.finished.tolist(), ro.completion_lengths.tolist(), [s.format for s in scores],
-                                            [s.correct for s in scores], float(rewards_N.mean()), r.monitor.repeat_min)
+                                            [s.correct for s in scores], proxy, r.monitor.repeat_min)
                 events = watch.observe_batch(step + 1, stats)
                 metrics.update(watch.metrics(stats))
                 if loop.due(r.monitor.probe_every, step + 1):
