@@ -117,3 +117,171 @@ def test_label_quality_against_exact_labels():
     assert q["precision_good"] == 2 / 3 and q["recall_good"] == 1.0
     assert q["precision_bad"] == 1.0 and q["recall_bad"] == 0.5
     assert math.isnan(labels_lib.label_quality([True], [True])["precision_bad"])
+
+
+# --- the reward model ---------------------------------------------------------------------------
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from itertools import product  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from conftest import TINY, overrides  # noqa: E402
+from r1lab.cli import main  # noqa: E402
+from r1lab.prm import load_scorer  # noqa: E402
+from r1lab.prm.model import aggregate, auc, bce_at, encode  # noqa: E402
+from r1lab.tokenizer import CharTokenizer  # noqa: E402
+from r1lab.tracking import read_metrics  # noqa: E402
+
+MODEL = overrides({"model": TINY["model"], "threads": 1, "tensorboard": False})
+
+
+def test_bce_at_is_the_mean_over_labelled_positions():
+    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.5, 3.0]])
+    target = torch.tensor([[0.0, 1.0, 0.25], [0.0, 0.0, 1.0]])
+    weight = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    by_hand = []
+    for (b, t) in [(0, 1), (0, 2), (1, 0)]:
+        p = 1 / (1 + math.exp(-logits[b, t].item()))
+        y = target[b, t].item()
+        by_hand.append(-(y * math.log(p) + (1 - y) * math.log(1 - p)))
+    assert bce_at(logits, target, weight).item() == pytest.approx(sum(by_hand) / 3, rel=1e-6)
+    assert bce_at(logits, target, torch.zeros_like(weight)).item() == 0.0
+
+
+def test_auc_matches_the_pairwise_definition():
+    rng = random.Random(1)
+    for _ in range(50):
+        n = rng.randint(2, 12)
+        scores = [rng.choice([0.1, 0.2, 0.5, 0.7, 0.9]) for _ in range(n)]  # ties on purpose
+        labels = [rng.random() < 0.5 for _ in range(n)]
+        pos = [s for s, y in zip(scores, labels) if y]
+        neg = [s for s, y in zip(scores, labels) if not y]
+        if not pos or not neg:
+            assert math.isnan(auc(scores, labels))
+            continue
+        naive = sum((p > q) + 0.5 * (p == q) for p, q in product(pos, neg)) / (len(pos) * len(neg))
+        assert auc(scores, labels) == pytest.approx(naive)
+    assert auc([0.1, 0.9], [False, True]) == 1.0 and auc([0.9, 0.1], [False, True]) == 0.0
+
+
+def test_aggregate():
+    assert aggregate([0.9, 0.4, 0.8], 0.7, "min") == 0.4
+    assert aggregate([0.5, 0.5], 0.5, "product") == pytest.approx(0.125)
+    assert aggregate([0.1], 0.7, "last") == 0.7
+    assert aggregate([], 0.3, "min") == 0.3  # an answer-only completion: its answer step
+    with pytest.raises(ValueError):
+        aggregate([0.1], 0.2, "max")
+
+
+def test_encode_marks_the_last_token_of_each_step():
+    tok = CharTokenizer.build()
+    c = "<think>7+5=12\n12*2=24</think><answer>24</answer>"
+    e = encode(tok, "7+5*2", c)
+    text = [tok.decode([i]) for i in e.ids]
+    assert [text[i] for i in e.step_ends] == ["2", "4"] and text[e.final] == "</answer>"
+    assert tok.decode(e.ids[: e.step_ends[0] + 1]).endswith("<think>7+5=12")
+    assert e.ids == tok.prompt_ids("7+5*2") + tok.encode(c)  # cutting at step ends changes nothing here
+    assert encode(tok, "q", "<think></think><answer>1</answer>").step_ends == []
+
+
+def chain_rows(n: int, seed: int, split: str = "train") -> list[dict]:
+    """Hand-made label rows: worked chain solutions, half with one step corrupted (+1), labelled by
+    the exact check; hard = soft = exact, so a PRM can learn the rule from the data."""
+    task, rng = get_task("chain"), random.Random(seed)
+    rows = []
+    for ex in task.examples(split, n, seed):
+        steps = ex.solution.split("\n")
+        answer = ex.answer
+        if rng.random() < 0.5:
+            k = rng.randrange(len(steps))
+            lhs, value = steps[k].split("=")
+            steps[k] = f"{lhs}={int(value) + 1}"
+            answer = str(int(answer) + 1) if k == len(steps) - 1 else answer
+        completion = f"<think>{chr(10).join(steps)}</think><answer>{answer}</answer>"
+        exact = exact_labels(task, ex, steps)
+        rows.append({"task": "chain", "split": split, "question": ex.question, "gold": ex.answer, "completion": completion,
+                     "steps": steps, "correct": task.check(answer, ex) == 1.0, "exact": exact, "hard": exact,
+                     "soft": [float(x) for x in exact], "rollouts": 0, "marker": ""})
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_prm_train_lowers_the_loss_and_the_scorer_reads_it(tmp_path):
+    data = write_rows(tmp_path / "train.jsonl", chain_rows(24, 0))
+    run = tmp_path / "prm"
+    argv = ["prm", "train", "--prm.data", data, "--out", str(run), *MODEL, "--prm.steps", "40", "--prm.lr", "3e-3",
+            "--prm.batch_size", "8", "--prm.warmup_steps", "2", "--save_every", "40"]
+    assert main(argv) == 0
+    losses = [r["prm/loss"] for r in read_metrics(run)]
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    scorer = load_scorer(run)
+    c = "<think>7+5=12\n12*2=24\n24-3=21</think><answer>21</answer>"
+    scores = scorer("7+5*2-3", c)
+    assert len(scores) == 3 and all(0 < s < 1 for s in scores)
+    steps, final = scorer.score_batch([("7+5*2-3", c)])[0]
+    assert steps == pytest.approx(scores) and 0 < final < 1
+    assert scorer("1+1", "<think></think><answer>2</answer>") == []
+    # eval on held-out rows writes its metrics
+    held = write_rows(tmp_path / "test.jsonl", chain_rows(8, 1, "test"))
+    assert main(["prm", "eval", "--init", str(run), "--prm.data", held, "--threads", "1"]) == 0
+    result = json.loads((run / "eval" / "prm-test.json").read_text())
+    assert result["steps_judged"] == sum(len(r["steps"]) for r in chain_rows(8, 1, "test"))
+    assert 0.0 <= result["step_accuracy"] <= 1.0 and 0.0 <= result["step_auc"] <= 1.0
+
+
+def test_orm_trains_on_the_outcome_only(tmp_path):
+    data = write_rows(tmp_path / "train.jsonl", chain_rows(6, 0))
+    run = tmp_path / "orm"
+    assert main(["prm", "train", "--prm.data", data, "--prm.kind", "orm", "--out", str(run), *MODEL, "--prm.steps", "2"]) == 0
+    assert [r["prm/labelled_positions"] for r in read_metrics(run)] == [6, 6]  # one label per completion
+    assert load_scorer(run).kind == "orm"
+
+
+def test_prm_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1", "completion": "<think>1+1=2</think><answer>2</answer>", "correct": true, "hard": [true, false]}\n')
+    cases = [
+        (["prm"], "needs an action"),
+        (["prm", "fit"], "needs an action"),
+        (["prm", "train", "--out", str(tmp_path / "r")], "--prm.data"),
+        (["prm", "train", "--prm.data", str(bad), "--out", str(tmp_path / "r")], f"{bad}:1: \"hard\" must be null or a list of 1"),
+        (["prm", "train", "--prm.data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")], "no such file"),
+        (["prm", "eval", "--prm.data", str(bad)], "--init"),
+        (["prm", "eval", "--init", str(tmp_path), "--prm.data", write_rows(tmp_path / "ok.jsonl", chain_rows(2, 0))], "no checkpoint"),
+        (["prm", "label", "--out", "x.jsonl"], "--init"),
+        (["prm", "train", "--prm.labels", "fuzzy"], "prm.labels"),
+        (["eval", "--eval.rerank", "best:x"], "eval.rerank"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+    rows = chain_rows(2, 0)
+    rows[0]["hard"] = None
+    data = write_rows(tmp_path / "nohard.jsonl", rows)
+    assert main(["prm", "train", "--prm.data", data, "--out", str(tmp_path / "r2"), *MODEL]) == 2
+    assert "no \"hard\" labels" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # five r1lab processes: ~90 s on the shared 2-core machine
+def test_prm_train_killed_at_random_steps_resumes_bit_identical(tmp_path):
+    import signal
+
+    from test_resume import KILL_POINTS, survive_kills
+
+    data = write_rows(tmp_path / "train.jsonl", chain_rows(12, 0))
+    total = max(12, 3 * KILL_POINTS + 4)
+    argv = ["--prm.data", data, *MODEL, "--prm.steps", str(total), "--prm.batch_size", "4", "--save_every", "2", "--keep_checkpoints", "1000"]
+    reference = tmp_path / "reference"
+    assert main(["prm", "train", "--out", str(reference), *argv]) == 0
+    results = survive_kills(["prm", "train", "--out", str(tmp_path / "run"), *argv], tmp_path / "run", reference, total,
+                            [signal.SIGKILL] * KILL_POINTS, tmp_path)
+    assert all(results), results
