@@ -175,6 +175,7 @@ def write_events(run_dir: Path, events: list[dict]) -> None:
     """Rewrite the events file with ``events`` (on start and resume: a killed process's events
     after its last checkpoint are dropped, and fire again identically). Atomic replace."""
     path = Path(run_dir) / EVENTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     tmp.replace(path)
