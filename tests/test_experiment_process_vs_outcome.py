@@ -7,9 +7,12 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~25 s on a shared 2-core machine
 def test_process_vs_outcome_quick_writes_its_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["process_vs_outcome.py", "--quick", "--out", str(tmp_path), "--threads", "1"])
     runpy.run_path(str(ROOT / "experiments" / "process_vs_outcome.py"), run_name="__main__")
