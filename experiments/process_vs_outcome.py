@@ -14,7 +14,9 @@ problems. Then GRPO from the base with the advantages of:
 - ``outcome``: R1's verifiable outcome reward (format + correctness);
 - ``process``: the learned PRM's step scores, DeepSeekMath's process supervision (sec. 4.1.3);
 - ``hybrid``: half process, half outcome advantages (``--process-weight``);
-- ``oracle``: process supervision with the task's exact step checks (the PRM research lacks).
+- ``oracle``: process supervision with the task's exact step checks (the PRM research lacks);
+- ``hackable``: a positive control for the monitor, the outcome reward plus a length bonus big
+  enough that rambling to the token budget pays more than a right answer.
 
 Measured per arm: held-out verified pass@1 every ``--eval-every`` steps (the curve, the final
 value, steps to reach base + ``--gain``), the learned PRM's step accuracy on the policy's own
@@ -42,9 +44,11 @@ from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
 from r1lab.tracking import read_metrics
 
-ARMS = ["outcome", "process", "hybrid", "oracle"]
-REWARD = {"outcome": "outcome", "process": "process", "hybrid": "hybrid", "oracle": "process"}
+ARMS = ["outcome", "process", "hybrid", "oracle", "hackable"]
+REWARD = {"outcome": "outcome", "process": "process", "hybrid": "hybrid", "oracle": "process", "hackable": "outcome"}
 "each arm's rl.reward; the oracle arm runs without --rl.prm"
+HACKABLE = {"extra_rewards": ["chars"], "extra_reward_weights": [3.0]}
+"the positive control: 3 reward points per 100 characters, so rambling to the token budget pays more than a right answer"
 
 QUICK = {
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "n_routed_experts": 4, "top_k": 2, "d_expert": 16},
@@ -137,7 +141,7 @@ def main() -> None:
         for seed in range(seeds):
             run_dir = out / arm / f"seed{seed}"
             rl_over = {"steps": steps, "eval_every": eval_every, "reward": REWARD[arm], "process_weight": args.process_weight,
-                       "prm": str(prm_run) if arm in ("process", "hybrid") else ""}
+                       "prm": str(prm_run) if arm in ("process", "hybrid") else "", **(HACKABLE if arm == "hackable" else {})}
             cfg = config_lib.build(shared, {"seed": seed, "out": str(run_dir), "resume": True, "rl": rl_over})
             rl_recipe.run(cfg, run_dir, base_ckpt)
             metrics = read_metrics(run_dir / "metrics.jsonl")
@@ -155,7 +159,7 @@ def main() -> None:
                 accs.append((statistics.mean(v for _, v in acc[:max(1, len(acc) // 4)]), statistics.mean(v for _, v in acc[-max(1, len(acc) // 4):])))
         got = [s for s in reached if s is not None]
         kinds = sorted({e["kind"] for e in events})
-        rows.append({"arm": arm, "reward": REWARD[arm] + (" (learned PRM)" if arm in ("process", "hybrid") else " (exact checks)" if arm == "oracle" else ""),
+        rows.append({"arm": arm, "reward": REWARD[arm] + (" (learned PRM)" if arm in ("process", "hybrid") else " (exact checks)" if arm == "oracle" else " + 3 x length bonus" if arm == "hackable" else ""),
                      "pass@1 final": statistics.mean(finals), "pass@1 min": min(finals), "pass@1 max": max(finals),
                      f"steps to {threshold:.2f}": statistics.mean(got) if got else None, "reached": f"{len(got)}/{seeds}",
                      "PRM step acc (RL samples) first->last": f"{statistics.mean(a for a, _ in accs):.3f}->{statistics.mean(b for _, b in accs):.3f}" if accs else "",
@@ -168,7 +172,7 @@ def main() -> None:
     by = {r["arm"]: r for r in rows}
     verdict = f"base pass@1 {base_pass:.3f}; final held-out pass@1: " + ", ".join(f"{a} {by[a]['pass@1 final']:.3f}" for a in arms)
     if "outcome" in by:
-        for arm in ("process", "hybrid", "oracle"):
+        for arm in ("process", "hybrid", "oracle", "hackable"):
             if arm in by:
                 a, o = by[arm], by["outcome"]
                 diff = a["pass@1 final"] - o["pass@1 final"]
