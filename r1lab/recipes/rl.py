@@ -212,6 +212,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 scorer = prm.load_scorer(r.prm)
             except ValueError as err:
                 raise common.StageError(f"rl.prm: {err}") from None
+            if scorer.model.cfg.max_seq_len < max_len:
+                raise common.StageError(f"rl.prm: {r.prm} reads at most {scorer.model.cfg.max_seq_len} tokens, the policy writes up to {max_len}")
         elif not oracle_checks(task):
             raise common.StageError(f"rl.reward {r.reward}: task {task.name!r} has no exact step checks; give a trained reward model with --rl.prm PATH")
     # The reference policy is the starting point, frozen; only built when the KL term uses it
