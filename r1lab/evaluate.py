@@ -135,6 +135,30 @@ def maj_at_k(answers: list[str | None], correct: list[bool], k: int, *, seed: in
     return credit_sum / MAJ_MC_SAMPLES
 
 
+def best_of_k(scores: list[float], correct: list[bool], k: int) -> float:
+    """Expected accuracy of best-of-k reranking: draw k of the n samples without replacement and
+    keep the highest-scored one (ties broken uniformly at random); ``correct[i]`` says whether
+    sample i is right. Exact: the pick lies in the group of samples scored s exactly when the
+    subset holds none scored above s and at least one scored s, which has probability
+    (C(n - above, k) - C(n - above - size, k)) / C(n, k); within the group every sample is equally
+    likely to be the pick, so the credit is the group's fraction of correct samples."""
+    n = len(scores)
+    if len(correct) != n:
+        raise ValueError(f"best_of_k: {n} scores but {len(correct)} correctness flags")
+    if not 1 <= k <= n:
+        raise ValueError(f"best_of_k needs 1 <= k <= n, got k={k}, n={n}")
+    groups: dict[float, list[bool]] = {}
+    for score, ok in zip(scores, correct):
+        groups.setdefault(score, []).append(bool(ok))
+    total, above = Fraction(0), 0
+    for score in sorted(groups, reverse=True):
+        members = groups[score]
+        p = Fraction(math.comb(n - above, k) - math.comb(n - above - len(members), k), math.comb(n, k))
+        total += p * Fraction(sum(members), len(members))
+        above += len(members)
+    return float(total)
+
+
 @dataclass
 class ProblemSamples:
     """The n scored samples of one problem, as the evaluation loop produced them."""

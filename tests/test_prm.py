@@ -47,6 +47,20 @@ def test_spans_point_into_the_completion():
     assert spans == [(8, 14), (16, 23)] and c[8:14] == "3*4=12" and c[16:23] == "12+1=13"
 
 
+def test_token_step_ends_land_on_the_last_token_of_each_step():
+    from r1lab.prm import token_step_ends
+    from r1lab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.build()
+    c = "<think>7+5=12\n12*2=24</think><answer>24</answer>"
+    ids = tok.encode(c) + [tok.eos_id, tok.pad_id]
+    ends = token_step_ends(tok, ids)
+    assert [tok.decode(ids[: j + 1]) for j in ends] == ["<think>7+5=12", "<think>7+5=12\n12*2=24"]
+    assert ends == [6, 14]  # <think> is one token
+    assert token_step_ends(tok, tok.encode("<think></think><answer>1</answer>")) == []
+    assert token_step_ends(tok, []) == []
+
+
 # --- exact labels -------------------------------------------------------------------------------
 
 
@@ -285,3 +299,69 @@ def test_prm_train_killed_at_random_steps_resumes_bit_identical(tmp_path):
     results = survive_kills(["prm", "train", "--out", str(tmp_path / "run"), *argv], tmp_path / "run", reference, total,
                             [signal.SIGKILL] * KILL_POINTS, tmp_path)
     assert all(results), results
+
+
+# --- best-of-N reranking ------------------------------------------------------------------------
+
+
+def test_best_of_k_matches_enumerating_every_subset():
+    from itertools import combinations
+
+    from r1lab.evaluate import best_of_k
+
+    rng = random.Random(3)
+    for _ in range(60):
+        n = rng.randint(1, 7)
+        scores = [rng.choice([0.1, 0.4, 0.4, 0.8]) for _ in range(n)]
+        correct = [rng.random() < 0.4 for _ in range(n)]
+        for k in range(1, n + 1):
+            credit = []
+            for subset in combinations(range(n), k):
+                top = max(scores[i] for i in subset)
+                tied = [correct[i] for i in subset if scores[i] == top]
+                credit.append(sum(tied) / len(tied))  # a uniformly random tie-break
+            assert best_of_k(scores, correct, k) == pytest.approx(sum(credit) / len(credit))
+    assert best_of_k([0.9, 0.1, 0.5], [True, False, False], 3) == 1.0
+    assert best_of_k([0.9, 0.1, 0.5], [True, False, False], 1) == pytest.approx(1 / 3)  # k = 1: pass@1
+
+
+def test_eval_rerank_adds_metrics_and_leaves_the_others_unchanged(base_run, tmp_path, capsys):
+    data = write_rows(tmp_path / "train.jsonl", chain_rows(6, 0))
+    run = tmp_path / "prm"
+    assert main(["prm", "train", "--init", str(base_run), "--prm.data", data, "--out", str(run), *MODEL, "--prm.steps", "2"]) == 0
+    ev = overrides({"eval": TINY["eval"], "threads": 1})
+    plain, ranked = tmp_path / "plain", tmp_path / "ranked"
+    assert main(["eval", "--init", str(base_run), "--out", str(plain), *ev]) == 0
+    assert main(["eval", "--init", str(base_run), "--out", str(ranked), *ev, "--eval.rerank", f"prm:{run}", "--eval.rerank_aggregate", "product"]) == 0
+    a = json.loads(next(plain.glob("*.json")).read_text())
+    b = json.loads(next(ranked.glob("*.json")).read_text())
+    extra = {k: v for k, v in b["metrics"].items() if k not in a["metrics"]}
+    assert sorted(extra) == ["rerank_prm_product@1", "rerank_prm_product@4"]
+    assert {k: b["metrics"][k] for k in a["metrics"]} == a["metrics"]  # off or on, the same samples and numbers
+    assert extra["rerank_prm_product@1"] == pytest.approx(a["metrics"]["pass@1"])  # best of one sample is pass@1
+    assert 0.0 <= extra["rerank_prm_product@4"] <= a["metrics"]["pass@4"] + 1e-12  # never beats the oracle
+    capsys.readouterr()
+    assert main(["eval", "--init", str(base_run), "--out", str(ranked), *ev, "--eval.rerank", f"orm:{run}"]) == 2
+    assert "holds a prm reward model, not orm" in capsys.readouterr().err
+
+
+def test_prm_label_writes_consistent_rows(base_run, tmp_path, capsys):
+    out = tmp_path / "labels.jsonl"
+    argv = ["prm", "label", "--init", str(base_run), "--out", str(out), "--threads", "1", "--prm.n_problems", "3",
+            "--prm.traces_per_problem", "2", "--prm.rollouts", "3", "--prm.sample.max_new_tokens", "24"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and len({r["question"] for r in rows}) == 3
+    for r in rows:
+        assert r["steps"] == split_steps(r["completion"]) and len(r["exact"]) == len(r["steps"])
+        assert len(r["soft"]) == len(r["hard"]) == len(r["steps"])
+        assert all(s in (0, 1 / 3, 2 / 3, 1) or abs(3 * s - round(3 * s)) < 1e-9 for s in r["soft"])
+        assert r["hard"] == [s > 0 for s in r["soft"]]
+    assert "wrote" in capsys.readouterr().out
+    again = tmp_path / "again.jsonl"
+    assert main([*argv[:5], str(again), *argv[6:]]) == 0
+    assert again.read_text() == out.read_text()  # seeded
+    exact_only = tmp_path / "exact.jsonl"
+    assert main([*argv[:5], str(exact_only), *argv[6:], "--prm.rollouts", "0", "--prm.split", "test"]) == 0
+    rows = [json.loads(line) for line in exact_only.read_text().splitlines()]
+    assert all(r["hard"] is None and r["soft"] is None and r["split"] == "test" for r in rows)

@@ -10,6 +10,6 @@ See ``steps`` (segmentation, exact labels), ``labels`` (Math-Shepherd rollout la
 """
 
 from r1lab.prm.model import RewardModel, StepScorer, aggregate, load_scorer
-from r1lab.prm.steps import exact_labels, split_steps, step_spans
+from r1lab.prm.steps import exact_labels, split_steps, step_spans, token_step_ends
 
-__all__ = ["RewardModel", "StepScorer", "aggregate", "exact_labels", "load_scorer", "split_steps", "step_spans"]
+__all__ = ["RewardModel", "StepScorer", "aggregate", "exact_labels", "load_scorer", "split_steps", "step_spans", "token_step_ends"]

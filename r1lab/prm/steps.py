@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from r1lab.rewards import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from r1lab.tasks.base import Example, Task
+from r1lab.tokenizer import BaseTokenizer
 
 
 def reasoning_span(completion: str) -> tuple[int, int]:
@@ -68,3 +69,19 @@ def exact_labels(task: Task, example: Example, steps: list[str]) -> list[bool | 
     if checks is not None and len(checks) != len(steps):
         raise ValueError(f"task {task.name!r}: step_checks gave {len(checks)} verdicts for {len(steps)} steps")
     return checks
+
+
+def token_step_ends(tok: BaseTokenizer, completion_ids: list[int], marker: str | None = None) -> list[int]:
+    """Index in ``completion_ids`` of the token that ends each step of the decoded completion
+    (the token holding the step's last character): where a process reward for the step lands on
+    the sampled tokens. The completion is ``tok.decode_completion(completion_ids)`` (it stops at
+    eos); a token's end is the length of the text decoded up to it, so tokens that decode to
+    several characters (``<think>``, BPE merges) are handled."""
+    text = tok.decode_completion(completion_ids)
+    ends = [len(tok.decode_completion(completion_ids[: j + 1])) for j in range(len(completion_ids))]  # char end of each token
+    out, j = [], 0
+    for _, end in step_spans(text, marker):
+        while ends[j] < end:
+            j += 1
+        out.append(j)
+    return out

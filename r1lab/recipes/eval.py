@@ -15,8 +15,9 @@ import torch
 
 from r1lab import rollout, tracking
 from r1lab.config import Config, EvalConfig
-from r1lab.evaluate import EvalResult, ProblemSamples, summarize
+from r1lab.evaluate import EvalResult, ProblemSamples, best_of_k, summarize
 from r1lab.model.transformer import Transformer
+from r1lab.prm import StepScorer, aggregate, load_scorer
 from r1lab.recipes import common
 from r1lab.rewards import RewardWeights, extract_answer
 from r1lab.tasks import Task, get_task
@@ -26,9 +27,10 @@ ROWS_PER_BATCH = 256  # sampled sequences per sampler call: large enough to amor
 
 
 def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: EvalConfig, weights: RewardWeights, desc: str = "eval",
-                   samples_out: Path | None = None) -> EvalResult:
+                   samples_out: Path | None = None, scorer: StepScorer | None = None) -> EvalResult:
     """Sample, score and summarise; with ``samples_out``, also write every scored sample there
-    (``write_samples``), for the report's side-by-side completions and for ``r1lab label``."""
+    (``write_samples``), for the report's side-by-side completions and for ``r1lab label``. With a
+    reward-model ``scorer`` (``eval.rerank``), also best-of-k reranking (``rerank_metrics``)."""
     examples = task.examples(ecfg.split, ecfg.n_problems, ecfg.seed)
     gen = torch.Generator().manual_seed(ecfg.seed)
     rows = [(i, tok.prompt_ids(ex.question)) for i, ex in enumerate(examples) for _ in range(ecfg.n_samples)]
@@ -50,7 +52,23 @@ def evaluate_model(model: Transformer, tok: BaseTokenizer, task: Task, ecfg: Eva
     bar.close()
     if samples_out is not None:
         write_samples(samples_out, task.name, per_problem)
-    return summarize(task.name, ecfg.split, per_problem, ecfg.ks, temperature=ecfg.sample.temperature, top_p=ecfg.sample.top_p, max_new_tokens=ecfg.sample.max_new_tokens, seed=ecfg.seed)
+    result = summarize(task.name, ecfg.split, per_problem, ecfg.ks, temperature=ecfg.sample.temperature, top_p=ecfg.sample.top_p, max_new_tokens=ecfg.sample.max_new_tokens, seed=ecfg.seed)
+    if scorer is not None:
+        result.metrics.update(rerank_metrics(scorer, per_problem, ecfg.ks, ecfg.rerank_aggregate))
+    return result
+
+
+def rerank_metrics(scorer: StepScorer, per_problem: list[ProblemSamples], ks: list[int], how: str) -> dict[str, float]:
+    """``rerank_<kind>_<how>@k``: expected accuracy of keeping the best-scored of k samples
+    (``evaluate.best_of_k``), each completion scored by ``prm.aggregate`` of its step scores and
+    answer-step score; to read beside ``maj@k`` (majority vote) and ``pass@k`` (an oracle pick)."""
+    picks: dict[int, list[float]] = {k: [] for k in ks}
+    for ps in per_problem:
+        scored = scorer.score_batch([(ps.question, text) for text in ps.completions])
+        scores = [aggregate(steps, final, how) for steps, final in scored]
+        for k in ks:
+            picks[k].append(best_of_k(scores, ps.solved, k))
+    return {f"rerank_{scorer.kind}_{how}@{k}": sum(v) / len(v) for k, v in picks.items()}
 
 
 def write_samples(path: Path, task_name: str, per_problem: list[ProblemSamples]) -> None:
@@ -74,6 +92,21 @@ def save_result(result: EvalResult, path: Path) -> None:
     tmp.replace(path)
 
 
+def rerank_scorer(spec: str) -> StepScorer | None:
+    """The reward model that ``eval.rerank`` (``prm:PATH`` or ``orm:PATH``) names, None when off;
+    StageError when PATH holds no reward model or one of the other kind."""
+    if not spec:
+        return None
+    kind, path = spec.split(":", 1)
+    try:
+        scorer = load_scorer(path)
+    except ValueError as err:
+        raise common.StageError(f"eval.rerank: {err}") from None
+    if scorer.kind != kind:
+        raise common.StageError(f"eval.rerank {spec}: {path} holds a {scorer.kind} reward model, not {kind}")
+    return scorer
+
+
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("eval needs --init RUN_OR_CHECKPOINT_FOLDER")
@@ -86,7 +119,7 @@ def main(cfg: Config) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.name).strip("_")
     path = out / f"{stem}-{cfg.eval.split}-step{ckpt.step}.json"
     result = evaluate_model(model, common.load_tokenizer(cfg.init), task, cfg.eval, RewardWeights(cfg.rl.format_weight, cfg.rl.correct_weight, cfg.rl.partial_weight),
-                            samples_out=path.with_suffix(".samples.jsonl"))
+                            samples_out=path.with_suffix(".samples.jsonl"), scorer=rerank_scorer(cfg.eval.rerank))
     save_result(result, path)
     print(tracking.format_table([{"checkpoint": str(ckpt.path), **result.metrics}], title=f"eval on {task.name} ({cfg.eval.split}, n={cfg.eval.n_samples}, T={cfg.eval.sample.temperature})"))
     print(f"eval: wrote {path} and {path.with_suffix('.samples.jsonl').name}")
