@@ -320,13 +320,13 @@ class PRMConfig:
     marker: str = ""
     "step separator inside <think>; empty: one step per line"
     labels: Literal["hard", "soft", "exact"] = "hard"
-    "PRM training target: hard (any rollout correct, Math-Shepherd's default), soft (the fraction), or exact (Task.step_checks, an oracle)"
+    "PRM training target: hard (any rollout correct, Math-Shepherd's HE), soft (the fraction, its SE), or exact (Task.step_checks, an oracle)"
     kind: Literal["prm", "orm"] = "prm"
     "prm: a label at every step end and at the answer; orm: only final correctness at the completion's last token"
     steps: int = 200
     "optimizer steps of `prm train`"
     batch_size: int = 16
-    "labelled completions per training step (drawn without replacement, reshuffled each epoch)"
+    "labelled completions per training step, drawn at random (without replacement within a step)"
     lr: float = 1e-4
     "peak AdamW learning rate (Math-Shepherd trains its PRM from the policy at 1e-6 to 2e-6; tiny models need more)"
     warmup_steps: int = 10

@@ -182,6 +182,26 @@ def test_auc_matches_the_pairwise_definition():
     assert auc([0.1, 0.9], [False, True]) == 1.0 and auc([0.9, 0.1], [False, True]) == 0.0
 
 
+def test_grouped_auc_counts_pairs_within_a_group_only():
+    from r1lab.prm.model import grouped_auc
+
+    # Group a is easy (high scores), group b hard: a global AUC rewards that, a grouped one does not.
+    scores = [0.9, 0.8, 0.2, 0.1]
+    labels = [True, False, True, False]
+    assert auc(scores, labels) == 0.75
+    assert grouped_auc(scores, labels, ["a", "a", "b", "b"]) == 1.0
+    assert grouped_auc([0.8, 0.9, 0.1, 0.2, 0.5], labels + [True], ["a", "a", "b", "b", "c"]) == 0.0
+    rng = random.Random(2)
+    for _ in range(30):  # against the pairwise definition
+        n = rng.randint(2, 10)
+        s = [rng.choice([0.1, 0.5, 0.9]) for _ in range(n)]
+        y = [rng.random() < 0.5 for _ in range(n)]
+        g = [rng.randint(0, 2) for _ in range(n)]
+        pairs = [(s[i] > s[j]) + 0.5 * (s[i] == s[j]) for i in range(n) for j in range(n) if y[i] and not y[j] and g[i] == g[j]]
+        got = grouped_auc(s, y, g)
+        assert (math.isnan(got) and not pairs) or got == pytest.approx(sum(pairs) / len(pairs))
+
+
 def test_aggregate():
     assert aggregate([0.9, 0.4, 0.8], 0.7, "min") == 0.4
     assert aggregate([0.5, 0.5], 0.5, "product") == pytest.approx(0.125)

@@ -112,6 +112,26 @@ def auc(scores: list[float], labels: list[bool]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def grouped_auc(scores: list[float], labels: list[bool], groups: list[object]) -> float:
+    """AUC over the (positive, negative) pairs that share a group only (the completions of one
+    problem): whether a scorer tells a right completion from a wrong one *of the same problem*,
+    which is what best-of-N needs and what a global AUC can hide (a scorer that only knows which
+    problems are hard has a global AUC above 0.5 and a grouped one of 0.5). NaN without such pairs."""
+    if not len(scores) == len(labels) == len(groups):
+        raise ValueError(f"grouped_auc: {len(scores)} scores, {len(labels)} labels, {len(groups)} groups")
+    by: dict[object, list[int]] = {}
+    for i, g in enumerate(groups):
+        by.setdefault(g, []).append(i)
+    weighted, pairs = 0.0, 0
+    for idx in by.values():
+        ys = [labels[i] for i in idx]
+        n = sum(ys) * (len(ys) - sum(ys))
+        if n:
+            weighted += n * auc([scores[i] for i in idx], ys)
+            pairs += n
+    return weighted / pairs if pairs else math.nan
+
+
 def aggregate(step_scores: list[float], final: float, how: str) -> float:
     """One score of a whole completion for best-of-N: the ``min`` over its steps and answer step
     (Math-Shepherd), their ``product`` (Lightman et al. 2023), or the ``last`` (the answer step;

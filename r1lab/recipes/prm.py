@@ -30,7 +30,7 @@ from r1lab import rollout, tracking
 from r1lab.config import Config
 from r1lab.model import moe
 from r1lab.prm import labels as labels_lib
-from r1lab.prm.model import RewardModel, auc, bce_at, encode, load_scorer
+from r1lab.prm.model import RewardModel, StepScorer, auc, bce_at, encode, grouped_auc, load_scorer
 from r1lab.prm.steps import exact_labels, split_steps
 from r1lab.recipes import common
 from r1lab.recipes.loop import TrainLoop
@@ -212,12 +212,14 @@ def train(cfg: Config) -> Path:
 # --- eval ----------------------------------------------------------------------------------------
 
 
-def evaluate(scorer, rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+def evaluate(scorer: StepScorer, rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """Step-level accuracy and AUC of a scorer against the exact labels of ``rows``, and the
-    answer step's accuracy and AUC against the outcome."""
+    answer step's accuracy and AUC against the outcome, over all completions and within each
+    problem (``grouped_auc``: what best-of-N reranking needs)."""
     scored = scorer.score_batch([(r["question"], r["completion"]) for r in rows])
-    step_s, step_y, fin_s, fin_y = [], [], [], []
+    step_s, step_y, fin_s, fin_y, fin_q = [], [], [], [], []
     for r, (steps, final) in zip(rows, scored):
+        fin_q.append(r["question"])
         for s, y in zip(steps, r["exact"] or []):
             if y is not None:
                 step_s.append(s)
@@ -227,7 +229,8 @@ def evaluate(scorer, rows: list[dict[str, Any]], threshold: float) -> dict[str, 
     acc = lambda s, y: sum((a >= threshold) == b for a, b in zip(s, y)) / len(y) if y else math.nan  # noqa: E731
     return {"kind": scorer.kind, "traces": len(rows), "steps_judged": len(step_y), "step_good_rate": (sum(step_y) / len(step_y)) if step_y else math.nan,
             "step_accuracy": acc(step_s, step_y), "step_auc": auc(step_s, step_y),
-            "outcome_accuracy": acc(fin_s, fin_y), "outcome_auc": auc(fin_s, fin_y), "threshold": threshold}
+            "outcome_accuracy": acc(fin_s, fin_y), "outcome_auc": auc(fin_s, fin_y),
+            "outcome_auc_within_problem": grouped_auc(fin_s, fin_y, fin_q), "threshold": threshold}
 
 
 def eval_stage(cfg: Config) -> Path:
