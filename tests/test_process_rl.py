@@ -14,7 +14,7 @@ import torch
 from conftest import TINY, overrides
 from r1lab import rl, rollout
 from r1lab.cli import main
-from r1lab.recipes.rl import step_rewards, token_char_ends
+from r1lab.recipes.rl import step_rewards
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
 from r1lab.tasks.base import Example
@@ -110,13 +110,6 @@ def test_oracle_step_rewards_of_hand_written_traces_land_on_the_step_ends():
         assert decoded[-1] == text  # the answer step ends at the completion's last token, before eos
     first = tok.decode(ro.tokens[0, ro.prompt_len:out.ends[0][0] + 1].tolist())
     assert first == "<think>5+3=8" and tok.decode(ro.tokens[0, ro.prompt_len:out.ends[0][1] + 1].tolist()).endswith("8*7=56")
-
-
-def test_token_char_ends():
-    tok = CharTokenizer.build()
-    ids = tok.encode("<think>1+2=3</think>") + [tok.eos_id, tok.pad_id]
-    ends = token_char_ends(tok, ids)
-    assert ends[0] == len("<think>") and ends[-3] == len("<think>1+2=3</think>") and ends[-1] == ends[-2] == ends[-3]
 
 
 # --- the CLI ------------------------------------------------------------------------------------------

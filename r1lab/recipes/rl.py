@@ -11,9 +11,7 @@ this file only wires it.
 
 from __future__ import annotations
 
-import bisect
 import copy
-import itertools
 import json
 import os
 import random
@@ -112,18 +110,6 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
     return mb_loss, torch.cat(mismatch)
 
 
-def token_char_ends(tok: BaseTokenizer, ids: list[int]) -> list[int]:
-    """For each completion token k, how many characters of ``tok.decode_completion(ids)`` its
-    first k + 1 tokens decode to (tokens from eos on add nothing). Token by token when the pieces
-    join up to the text (the character tokenizer, most BPE), else by decoding each prefix."""
-    text = tok.decode_completion(ids)
-    stop = ids.index(tok.eos_id) if tok.eos_id in ids else len(ids)
-    pieces = ["" if k >= stop or i == tok.pad_id else tok.decode([i]) for k, i in enumerate(ids)]
-    if "".join(pieces) == text:
-        return list(itertools.accumulate(len(p) for p in pieces))
-    return [len(tok.decode_completion(ids[: k + 1])) for k in range(len(ids))]
-
-
 @dataclass
 class StepRewards:
     """The steps of a batch of completions, for process-reward advantages (``rl.process_advantages``)."""
@@ -158,10 +144,11 @@ def step_rewards(texts: list[str], examples: list[Example], scores: list, ro: ro
         else:
             values = [1.0 if c else 0.0 for c in checks] + [float(scores[i].correct)]
         cols = ro.completion_mask[i].nonzero().squeeze(-1).tolist()
-        char_ends = token_char_ends(tok, ro.tokens[i, cols].tolist())
-        ends = [e for _, e in spans] + [len(text)]
+        ids = ro.tokens[i, cols].tolist()
+        stop = ids.index(tok.eos_id) if tok.eos_id in ids else len(ids)  # the answer step ends at the last token before eos
         out.rewards.append(values)
-        out.ends.append([cols[min(bisect.bisect_left(char_ends, max(e, 1)), len(cols) - 1)] for e in ends])
+        out.ends.append([cols[j] for j in prm.token_step_ends(tok, ids, scorer.marker if scorer is not None else (marker or None))]
+                        + [cols[max(stop - 1, 0)]])
     return out
 
 
