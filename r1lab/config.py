@@ -140,6 +140,34 @@ class PretrainConfig:
 
 
 @dataclass
+class MonitorConfig:
+    enabled: bool = True
+    "watch every RL run for reward hacking (r1lab.monitor): it only observes, the training numbers stay the same"
+    probe_every: int = 10
+    "sample the held-out probe set every N RL steps (and at the last); 0: no probe, only the training batches are watched"
+    probe_problems: int = 32
+    "held-out (test split) problems in the probe, one sample each with the rollout sampling, its own seeded generator"
+    probe_seed: int = 7
+    "seed of the probe's problems and sampling stream (the same problems and stream at every probe: common random numbers)"
+    probe_window: int = 4
+    "probe points in the proxy-vs-verified trend test"
+    window: int = 20
+    "RL steps in each batch-level trend window (and in the baseline an exploit shape is compared with)"
+    reward_rise: float = 0.05
+    "proxy reward counts as rising when its least-squares line gains this much over the window"
+    accuracy_fall: float = 0.1
+    "verified accuracy counts as falling when its least-squares line loses this much over the window"
+    shape_rate: float = 0.5
+    "an exploit shape is flagged when at least this fraction of a window's completions show it ..."
+    shape_rise: float = 0.25
+    "... and that fraction rose by at least this much above the run's first window"
+    length_rise: float = 0.5
+    "length gaming: mean completion length up by this fraction over the window while verified accuracy does not rise"
+    repeat_min: int = 4
+    "a completion is repetitive when a unit of text repeats this many times in a row (covering >= 16 characters) or a line recurs this often"
+
+
+@dataclass
 class RLConfig:
     steps: int = 80
     "GRPO steps (one batch of rollouts, one optimizer update each)"
@@ -217,6 +245,14 @@ class RLConfig:
     "rollout sampling"
     logprob_chunk: int = 0
     "trainer log-probs this many tokens at a time (memory O(chunk x vocab), for 32k-152k vocabularies); 0 builds the full (tokens, vocab) logits"
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    "reward-hacking monitor (on by default; observes only)"
+    reward: Literal["outcome", "process", "hybrid"] = "outcome"
+    "advantages from the outcome reward (R1), from step rewards (process supervision, DeepSeekMath sec. 4.1.3), or a weighted sum of both"
+    process_weight: float = 0.5
+    "hybrid: advantage = process_weight x process advantage + (1 - process_weight) x outcome advantage"
+    prm: str = ""
+    "process reward model (an `r1lab prm train` run or checkpoint folder) scoring each step; empty: the task's exact step checks (an oracle PRM, steps cut at prm.marker)"
 
 
 @dataclass
@@ -612,6 +648,17 @@ class Config:
             ("rl.eval_every", r.eval_every >= 0, "must be >= 0"),
             ("rl.eval_problems", r.eval_problems >= 1, "must be >= 1"),
             ("rl.logprob_chunk", r.logprob_chunk >= 0, "must be >= 0 (0: no chunking)"),
+            ("rl.process_weight", 0.0 <= r.process_weight <= 1.0, "must be in [0, 1]"),
+            ("rl.monitor.probe_every", r.monitor.probe_every >= 0, "must be >= 0 (0: no probe)"),
+            ("rl.monitor.probe_problems", r.monitor.probe_problems >= 1, "must be >= 1"),
+            ("rl.monitor.probe_window", r.monitor.probe_window >= 2, "must be >= 2 (a trend needs two points)"),
+            ("rl.monitor.window", r.monitor.window >= 2, "must be >= 2 (a trend needs two points)"),
+            ("rl.monitor.reward_rise", r.monitor.reward_rise > 0, "must be positive"),
+            ("rl.monitor.accuracy_fall", r.monitor.accuracy_fall > 0, "must be positive"),
+            ("rl.monitor.shape_rate", 0 < r.monitor.shape_rate <= 1, "must be in (0, 1]"),
+            ("rl.monitor.shape_rise", 0 < r.monitor.shape_rise <= 1, "must be in (0, 1]"),
+            ("rl.monitor.length_rise", r.monitor.length_rise > 0, "must be positive"),
+            ("rl.monitor.repeat_min", r.monitor.repeat_min >= 2, "must be >= 2"),
             ("lora.rank", self.lora.rank >= 0, "must be >= 0 (0: no LoRA)"),
             ("lora.targets", self.lora.rank == 0 or (bool(self.lora.targets) and set(self.lora.targets) <= {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}),
              "must be a non-empty list of wq, wk, wv, wo, w1, w2, w3"),

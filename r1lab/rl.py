@@ -6,6 +6,9 @@ Papers, and where each function follows or departs from them:
 - GRPO, DeepSeekMath (arXiv:2402.03300, sec. 4.1), as used for DeepSeek-R1-Zero: G completions
   per prompt, advantage (r - mean_group) / std_group (unbiased std), PPO's clipped surrogate
   (arXiv:1707.06347), KL to a frozen reference with the k3 estimator.
+- Process supervision in GRPO (DeepSeekMath, sec. 4.1.3): step rewards normalised across the
+  group, a token's advantage the sum of the normalised rewards of the steps from its own on; the
+  hybrid (a weighted sum with the outcome advantage) is r1lab's, not the paper's.
 - Dr. GRPO (arXiv:2503.20783): no std division and a constant length normaliser
   (``seq_mean_token_sum_norm``: each sequence's token sum over ``max_new_tokens``).
 - RLOO (arXiv:2402.14740): leave-one-out baseline, the mean of the other G-1 rewards.
@@ -77,6 +80,36 @@ def group_advantages(rewards_N: torch.Tensor, group_size: int, scale: bool = Tru
     return advantages(rewards_N, group_size, "grpo", "group" if scale else "none", eps)
 
 
+def process_advantages(step_rewards: list[list[float]], step_ends: list[list[int]], group_size: int, T: int, eps: float = 1e-4) -> torch.Tensor:
+    """Token advantages (N, T) from step rewards: DeepSeekMath's process supervision (sec. 4.1.3).
+
+    ``step_rewards[i][j]`` is the reward of the j-th step of completion i and ``step_ends[i][j]``
+    the column (in the rollout's (N, T) layout) of that step's last token. Within each group of
+    G consecutive completions every step reward is normalised by the mean and (unbiased) std of
+    all the group's step rewards, r~ = (r - mean) / (std + eps) (a group with one step reward has
+    std 0); the advantage of a token is the sum of the normalised rewards of the steps that end at
+    or after it. Tokens after a completion's last step get 0; prompt columns carry the sum of all
+    its steps and must be masked, as they always are."""
+    N = len(step_rewards)
+    placed_NT = torch.zeros(N, T)
+    for g in range(0, N, group_size):
+        rewards = torch.tensor([r for i in range(g, g + group_size) for r in step_rewards[i]], dtype=torch.float32)
+        if rewards.numel() == 0:
+            continue
+        mean = rewards.mean()
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros(())
+        for i in range(g, g + group_size):
+            if step_rewards[i]:
+                norm = (torch.tensor(step_rewards[i], dtype=torch.float32) - mean) / (std + eps)  # (steps,)
+                placed_NT[i].index_add_(0, torch.tensor(step_ends[i], dtype=torch.long), norm)
+    return placed_NT.flip(-1).cumsum(-1).flip(-1)  # (N, T) sum over steps ending at or after each column
+
+
+def hybrid_advantages(process_NT: torch.Tensor, outcome_N: torch.Tensor, process_weight: float) -> torch.Tensor:
+    """(N, T) w * process advantage + (1 - w) * the completion's outcome advantage at every token."""
+    return process_weight * process_NT + (1.0 - process_weight) * outcome_N[:, None].float()
+
+
 def zero_variance_groups(rewards_N: torch.Tensor, group_size: int) -> torch.Tensor:
     """(B,) True for groups whose rewards are all equal: no learning signal (DAPO filters them)."""
     r_BG = rewards_N.view(-1, group_size)
@@ -144,8 +177,9 @@ class TokenLoss:
 
 
 def token_losses(logp_NT: torch.Tensor, old_logp_NT: torch.Tensor, adv_N: torch.Tensor, mask_NT: torch.Tensor, s: LossSettings) -> TokenLoss:
-    """Per-token loss of the chosen surrogate; masked positions carry garbage and must be masked."""
-    adv = adv_N[:, None].float()  # (N, 1)
+    """Per-token loss of the chosen surrogate; masked positions carry garbage and must be masked.
+    ``adv_N`` is one advantage per sequence (N,), or one per token (N, T) (process supervision)."""
+    adv = adv_N[:, None].float() if adv_N.dim() == 1 else adv_N.float()  # (N, 1) or (N, T)
     mask = mask_NT.float()
     log_ratio = logp_NT - old_logp_NT  # (N, T)
     if s.loss_type == "gspo":

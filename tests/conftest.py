@@ -20,7 +20,8 @@ def _one_thread():
 TINY = {
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "n_routed_experts": 4, "top_k": 2, "d_expert": 16},
     "pretrain": {"steps": 6, "batch_size": 8, "warmup_steps": 2},
-    "rl": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "eval_every": 2, "eval_problems": 3, "sample": {"max_new_tokens": 24}},
+    "rl": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "eval_every": 2, "eval_problems": 3, "sample": {"max_new_tokens": 24},
+           "monitor": {"probe_problems": 4}},
     "eval": {"n_problems": 3, "n_samples": 4, "ks": [1, 4], "sample": {"max_new_tokens": 24}},
     "save_every": 2,
     "threads": 1,

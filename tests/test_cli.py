@@ -72,6 +72,7 @@ def test_zero_end_to_end_writes_the_summary(tmp_path, capsys):
     for side in ("base", "rl"):
         assert set(summary[side]) == {"pass@1", "pass@8", "mean_len"}
     assert (out / "eval" / "base.json").is_file() and (out / "eval" / "rl.json").is_file()
+    assert summary["monitor"]["events"] == len((out / "rl" / "events.jsonl").read_text().splitlines())  # the reward-hacking monitor's verdict
     assert "r1lab zero on chain" in capsys.readouterr().out
     # A second run into the same folder must not clobber it.
     assert main(["zero", "--out", str(out), *ARGS]) == 2

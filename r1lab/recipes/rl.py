@@ -18,14 +18,18 @@ loads summed before the bias update, and the periodic evaluation is split across
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from r1lab import distributed, lora, rl, rollout
+from r1lab import distributed, lora, monitor, prm, rl, rollout
 from r1lab.config import Config, EvalConfig, RLConfig
 from r1lab.model import moe
 from r1lab.recipes import common, context, prompts
@@ -33,7 +37,8 @@ from r1lab.recipes.eval import evaluate_model
 from r1lab.recipes.loop import TrainLoop
 from r1lab.rewards import RewardWeights
 from r1lab.tasks import get_task
-from r1lab.tasks.base import Example
+from r1lab.tasks.base import Example, Task
+from r1lab.tokenizer import BaseTokenizer
 
 
 def _think_present(completion: str, example: Example) -> float:
@@ -114,6 +119,73 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
     return mb_loss, torch.cat(mismatch)
 
 
+@dataclass
+class StepRewards:
+    """The steps of a batch of completions, for process-reward advantages (``rl.process_advantages``)."""
+
+    rewards: list[list[float]]  # per completion: a reward per reasoning step, then the answer step's
+    ends: list[list[int]]  # the rollout column of each of those steps' last token
+    agree: int = 0  # learned PRM only: steps whose score (>= 0.5) agrees with the exact label
+    judged: int = 0  # steps with an exact label
+
+
+def oracle_checks(task: Task) -> bool:
+    """Whether ``task`` has exact step checks (``Task.step_checks`` not None)."""
+    return task.step_checks(task.sample(random.Random(0), "train"), []) is not None
+
+
+def step_rewards(texts: list[str], examples: list[Example], scores: list, ro: rollout.Rollout, tok: BaseTokenizer, task: Task,
+                 scorer: prm.StepScorer | None, marker: str) -> StepRewards:
+    """Score every step: with ``scorer`` the learned PRM's probability, else the task's exact check
+    (1 right, 0 wrong or unreadable). The answer step (the whole completion, ending at its last
+    token) scores the PRM's answer head, or the verifier's correctness for the oracle."""
+    out = StepRewards([], [])
+    learned = scorer.score_batch([(ex.question, t) for ex, t in zip(examples, texts)]) if scorer is not None else None
+    for i, (text, ex) in enumerate(zip(texts, examples)):
+        spans = prm.step_spans(text, scorer.marker if scorer is not None else (marker or None))
+        checks = task.step_checks(ex, [text[a:b] for a, b in spans]) or [None] * len(spans)
+        if learned is not None:
+            values = [*learned[i][0], learned[i][1]]
+            for v, c in zip(learned[i][0], checks):
+                if c is not None:
+                    out.judged += 1
+                    out.agree += int((v >= 0.5) == c)
+        else:
+            values = [1.0 if c else 0.0 for c in checks] + [float(scores[i].correct)]
+        cols = ro.completion_mask[i].nonzero().squeeze(-1).tolist()
+        ids = ro.tokens[i, cols].tolist()
+        stop = ids.index(tok.eos_id) if tok.eos_id in ids else len(ids)  # the answer step ends at the last token before eos
+        out.rewards.append(values)
+        out.ends.append([cols[j] for j in prm.token_step_ends(tok, ids, scorer.marker if scorer is not None else (marker or None))]
+                        + [cols[max(stop - 1, 0)]])
+    return out
+
+
+EVENTS_FILE = "events.jsonl"
+"the reward-hacking monitor's events of an RL run, one JSON object a line"
+MONITOR_FILE = "monitor.json"
+"the monitor's summary of an RL run (events by kind, the first one)"
+
+
+def write_events(run_dir: Path, events: list[dict]) -> None:
+    """Rewrite the events file with ``events`` (on start and resume: a killed process's events
+    after its last checkpoint are dropped, and fire again identically). Atomic replace."""
+    path = Path(run_dir) / EVENTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    tmp.replace(path)
+
+
+def report_events(run_dir: Path, events: list[monitor.Event], metrics: dict) -> None:
+    """A warning line on stderr, a line in the events file and a ``monitor/flag_<kind>`` metric per event."""
+    with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
+        for e in events:
+            print(f"monitor: WARNING step {e.step}: {e.kind}: {e.message}", file=sys.stderr, flush=True)
+            f.write(json.dumps({"step": e.step, "kind": e.kind, "message": e.message, "values": e.values}) + "\n")
+            metrics[f"monitor/flag_{e.kind}"] = 1.0
+
+
 def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     """Train from the checkpoint at ``init``; checkpoints go to ``run_dir``; returns the last one."""
     r = cfg.rl
@@ -131,6 +203,17 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     G, max_len = r.group_size, policy.cfg.max_seq_len
     context.check_loaded(max_len, cfg, task, tok, "rl")  # prompt + budget fit, before any sampling
     source = prompts.make_source(cfg, task, tok, max_len)  # data.prompts: uniform (R1), curriculum or pass-rate curation
+    scorer = None  # process rewards: a learned PRM, or (None) the task's exact step checks
+    if r.reward != "outcome":
+        if r.prm:
+            try:
+                scorer = prm.load_scorer(r.prm)
+            except ValueError as err:
+                raise common.StageError(f"rl.prm: {err}") from None
+            if scorer.model.cfg.max_seq_len < max_len:
+                raise common.StageError(f"rl.prm: {r.prm} reads at most {scorer.model.cfg.max_seq_len} tokens, the policy writes up to {max_len}")
+        elif not oracle_checks(task):
+            raise common.StageError(f"rl.reward {r.reward}: task {task.name!r} has no exact step checks; give a trained reward model with --rl.prm PATH")
     # The reference policy is the starting point, frozen; only built when the KL term uses it
     # (with LoRA it is the policy itself with its adapters switched off: no second copy).
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
@@ -151,9 +234,16 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     source.load(loop.state.get("prompts"))
     if cfg.data.signal_check and not loop.resumed:
         prompts.signal_check(cfg, policy, tok, task, "rl", run_dir / "signal.json")
-    print(f"rl: {r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
+    reward_name = "" if r.reward == "outcome" else f"{r.reward} reward ({'PRM ' + r.prm if r.prm else 'exact step checks'}), "
+    print(f"rl: {reward_name}{r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
     eval_cfg = EvalConfig(n_problems=r.eval_problems, n_samples=2, ks=[1], seed=cfg.eval.seed, sample=cfg.eval.sample)
+    # The reward-hacking monitor only observes: its probe samples with its own generator, so the
+    # policy's samples and every other metric are the same with it on or off (tested).
+    watch = monitor.Monitor(r.monitor, loop.state.get("monitor")) if r.monitor.enabled else None
+    probe_cfg = EvalConfig(n_problems=r.monitor.probe_problems, n_samples=1, ks=[1], seed=r.monitor.probe_seed, sample=r.sample)
+    if watch is not None and distributed.is_main():  # under torchrun rank 0 writes the run's files
+        write_events(run_dir, watch.events)
     policy.train()
     with loop:
         for step in loop.steps():
@@ -214,7 +304,15 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t_ref = time.perf_counter() - t1
 
             # 3. Advantages; the loss mask drops truncated completions under DAPO's overlong filter.
+            # Process supervision: one advantage per token from the step rewards (DeepSeekMath 4.1.3).
             adv_N, all_rewards = rank_advantages(rewards_N, G, r)  # (N,), (world * N,)
+            proxy = float(rewards_N.mean())  # what the advantages pay for, as the monitor sees it
+            if r.reward != "outcome":
+                step_r = step_rewards(texts, row_examples, scores, ro, tok, task, scorer, cfg.prm.marker)
+                process_NT = rl.process_advantages(step_r.rewards, step_r.ends, G, ro.tokens.shape[1])  # (N, T)
+                adv_N = process_NT if r.reward == "process" else rl.hybrid_advantages(process_NT, adv_N, r.process_weight)  # (N, T)
+                process_mean = sum(sum(v) / len(v) for v in step_r.rewards) / len(step_r.rewards)
+                proxy = process_mean if r.reward == "process" else r.process_weight * process_mean + (1 - r.process_weight) * proxy
             loss_mask = ro.completion_mask
             if r.overlong == "mask":
                 loss_mask = loss_mask & ro.finished[:, None]
@@ -311,6 +409,11 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             }
             if r.entropy_coef > 0:
                 metrics["train/entropy"] = stats["entropy"] / n_tok
+            if r.reward != "outcome":
+                metrics["reward/process_mean"] = process_mean
+                metrics["process/steps_mean"] = sum(len(v) - 1 for v in step_r.rewards) / len(step_r.rewards)
+                if step_r.judged:
+                    metrics["process/prm_step_acc"] = step_r.agree / step_r.judged
             if r.dynamic_sampling:
                 metrics["rollout/groups_drawn_per_kept"] = drawn / max(n_kept, 1)
                 metrics["rollout/sample_rounds"] = rounds
@@ -322,8 +425,28 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 metrics["eval/mean_len"] = res.metrics["mean_len"]
                 policy.train()
             source_state = source.state()
-            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE, state=None if source_state is None else {"prompts": source_state},
+            state = None if source_state is None else {"prompts": source_state}
+            if watch is not None:
+                stats = monitor.batch_stats(texts, ro.finished.tolist(), ro.completion_lengths.tolist(), [s.format for s in scores],
+                                            [s.correct for s in scores], proxy, r.monitor.repeat_min)
+                events = watch.observe_batch(step + 1, stats)
+                metrics.update(watch.metrics(stats))
+                if loop.due(r.monitor.probe_every, step + 1):
+                    probe = evaluate_model(policy, tok, task, probe_cfg, weights, desc="monitor probe")
+                    metrics["monitor/probe_pass@1"] = probe.metrics["pass@1"]
+                    events += watch.observe_probe(step + 1, probe.metrics["pass@1"])
+                    policy.train()
+                metrics["monitor/events"] = float(len(watch.events))
+                report_events(run_dir, events if distributed.is_main() else [], metrics)
+                state = {**(state or {}), "monitor": watch.state()}
+            loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE, state=state,
                           postfix={"reward": f"{metrics['rollout/reward_mean']:.3f}", "len": f"{metrics['rollout/mean_len']:.1f}"})
+    if watch is not None and distributed.is_main():
+        summary = monitor.summary(watch.events)
+        (Path(run_dir) / MONITOR_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        kinds = ", ".join(f"{k} x{n}" for k, n in summary["kinds"].items())
+        print(f"monitor: {summary['events']} reward-hacking event(s): {kinds}; see {Path(run_dir) / EVENTS_FILE}" if summary["events"]
+              else "monitor: no sign of reward hacking (proxy vs verified, exploit shapes)")
     return loop.last_path
 
 
@@ -347,6 +470,7 @@ def _check_distributed(cfg: Config) -> None:
         ("dist.strategy", cfg.dist.strategy != "ddp", "RL under torchrun needs ddp: FSDP2 would make every rank's sampler take part in each decoding step's all-gather"),
         ("rl.dynamic_sampling", r.dynamic_sampling, "DAPO dynamic sampling runs in one process only (ranks would redraw different numbers of rounds)"),
         ("rl.logprob_chunk", r.logprob_chunk > 0, "chunked trainer log-probs run in one process only"),
+        ("rl.reward", r.reward != "outcome", "process rewards run in one process only (step advantages are normalised per group on one rank)"),
         ("data.prompts", cfg.data.prompts != "uniform", "curriculum and pass-rate sources run in one process only (each rank would track its own pass rates)"),
     ):
         if bad:

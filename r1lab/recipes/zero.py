@@ -142,6 +142,9 @@ def main(cfg: Config) -> Path:
         "signal": signal,
         "rl_curve": curve,
     }
+    monitor_file = run_dir / "rl" / rl.MONITOR_FILE
+    if monitor_file.is_file():  # the reward-hacking monitor's verdict (events in rl/events.jsonl)
+        summary["monitor"] = json.loads(monitor_file.read_text(encoding="utf-8"))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if curve:
         print(tracking.format_table(curve, title=f"GRPO progress: held-out pass@1 ({cfg.rl.eval_problems} problems x 2 samples) and mean completion length"))
