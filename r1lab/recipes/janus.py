@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from r1lab import checkpoint, tracking
-from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.evaluate import pass_at_k
 from r1lab.janus import digits, scenes
@@ -41,7 +40,7 @@ from r1lab.janus import sequence as S
 from r1lab.janus.model import N_CODES, JanusModel, lm_config
 from r1lab.janus.vq import VQVAE
 from r1lab.model import moe
-from r1lab.recipes import common, pretrain
+from r1lab.recipes import common, pretrain, zero
 from r1lab.recipes.loop import TrainLoop
 from r1lab.rewards import RewardWeights, score
 from r1lab.tasks import get_task
@@ -319,31 +318,9 @@ RESUME_CHECKED = ("task", "seed", "model", "janus", "eval", "pretrain")
 "the settings a janus run computes with: --resume refuses to change them"
 
 
-def config_changes(saved: dict, cfg: Config) -> list[str]:
-    """``key (saved -> now)`` for the ``RESUME_CHECKED`` settings that differ from a run's
-    config.yaml (a key the file lacks is compared with its default)."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    before = {**flat(config_lib.to_dict(Config())), **flat(saved)}
-    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in flat(config_lib.to_dict(cfg)).items()
-            if k.split(".")[0] in RESUME_CHECKED and before.get(k) != v]
-
-
 def main(cfg: Config) -> Path:
     t0 = time.time()
-    run_dir = common.run_dir_for(cfg, "janus")
-    if not cfg.resume and any(checkpoint.latest_step(run_dir / s) is not None for s in ("vq", *STAGES)):
-        raise common.StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
-    saved = run_dir / "config.yaml"
-    if cfg.resume and saved.is_file():
-        changes = config_changes(config_lib.load_yaml(saved), cfg)
-        if changes:
-            raise common.StageError(f"--resume with settings that differ from {saved}: {'; '.join(changes)}; "
-                                    "resume with the same settings, or start a new run with another --out")
+    run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)
     print(f"janus: run folder {run_dir}")

@@ -32,8 +32,7 @@ import random
 import time
 from pathlib import Path
 
-from r1lab import checkpoint, tracking
-from r1lab import config as config_lib
+from r1lab import tracking
 from r1lab.config import Config
 from r1lab.evaluate import EvalResult
 from r1lab.recipes import common, pretrain, rejection_sample, rl, sft, zero
@@ -104,15 +103,7 @@ def _rejection_sample(cfg: Config, out: Path, init: Path) -> tuple[str, dict]:
 def main(cfg: Config) -> Path:
     t0 = time.time()
     r = cfg.r1
-    run_dir = common.run_dir_for(cfg, "r1")
-    if not cfg.resume and any(checkpoint.latest_step(run_dir / s) is not None for s in STAGES):
-        raise common.StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
-    saved = run_dir / "config.yaml"
-    if cfg.resume and saved.is_file():
-        changes = zero.config_changes(config_lib.load_yaml(saved), cfg)
-        if changes:
-            raise common.StageError(f"--resume with settings that differ from {saved}: {'; '.join(changes)}; "
-                                    "resume with the same settings, or start a new run with another --out")
+    run_dir = zero.pipeline_dir(cfg, "r1", STAGES)
     task = get_task(cfg.task, seed=cfg.seed)
     if r.cold_start_data and not Path(r.cold_start_data.removeprefix("jsonl:")).is_file():
         raise common.StageError(f"r1.cold_start_data: file {r.cold_start_data} does not exist")

@@ -45,14 +45,35 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def config_changes(saved: dict, cfg: Config) -> list[str]:
+def config_changes(saved: dict, cfg: Config, sections: tuple[str, ...] | None = None) -> list[str]:
     """``key (saved -> now)`` for every setting that differs between a run folder's config.yaml
-    and ``cfg``, except ``RESUME_FREE_KEYS``. A key missing from the saved file (written before the
-    key existed) is compared with its default."""
+    and ``cfg``: of the top-level ``sections`` when given, else of all but ``RESUME_FREE_KEYS`` and
+    ``RESUME_FREE_SECTIONS``. A key missing from the saved file (written before the key existed)
+    is compared with its default."""
     before = {**_flatten(config_lib.to_dict(Config())), **_flatten(saved)}
     now = _flatten(config_lib.to_dict(cfg))
-    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in now.items()
-            if k not in RESUME_FREE_KEYS and k.split(".")[0] not in RESUME_FREE_SECTIONS and before.get(k) != v]
+
+    def checked(k: str) -> bool:
+        top = k.split(".")[0]
+        return top in sections if sections is not None else k not in RESUME_FREE_KEYS and top not in RESUME_FREE_SECTIONS
+
+    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in now.items() if checked(k) and before.get(k) != v]
+
+
+def pipeline_dir(cfg: Config, name: str, stages: tuple[str, ...], sections: tuple[str, ...] | None = None) -> Path:
+    """The run folder of a multi-stage command (zero, r1, janus), before any work: refuse one whose
+    stage sub-folders hold checkpoints unless resuming, and a resume whose settings differ from
+    the saved config.yaml (``config_changes``), naming the keys."""
+    run_dir = common.run_dir_for(cfg, name)
+    if not cfg.resume and any(checkpoint.latest_step(run_dir / s) is not None for s in stages):
+        raise common.StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
+    saved = run_dir / "config.yaml"
+    if cfg.resume and saved.is_file():
+        changes = config_changes(config_lib.load_yaml(saved), cfg, sections)
+        if changes:
+            raise common.StageError(f"--resume with settings that differ from {saved}: {'; '.join(changes)}; "
+                                    "resume with the same settings, or start a new run with another --out")
+    return run_dir
 
 
 def eval_mismatch(result: EvalResult, cfg: Config) -> list[str]:
@@ -102,15 +123,7 @@ def _signal(cfg: Config, ckpt_path: Path, out: Path) -> dict | None:
 
 def main(cfg: Config) -> Path:
     t0 = time.time()
-    run_dir = common.run_dir_for(cfg, "zero")
-    if not cfg.resume and any(checkpoint.latest_step(run_dir / s) is not None for s in ("pretrain", "rl")):
-        raise common.StageError(f"run folder {run_dir} already holds checkpoints: pass --resume to continue it, or another --out")
-    saved = run_dir / "config.yaml"
-    if cfg.resume and saved.is_file():
-        changes = config_changes(config_lib.load_yaml(saved), cfg)
-        if changes:
-            raise common.StageError(f"--resume with settings that differ from {saved}: {'; '.join(changes)}; "
-                                    "resume with the same settings, or start a new run with another --out")
+    run_dir = pipeline_dir(cfg, "zero", ("pretrain", "rl"))
     common.prepare_run_dir(run_dir, cfg)
     print(f"zero: run folder {run_dir}")
 
