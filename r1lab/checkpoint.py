@@ -409,12 +409,7 @@ def save(
             "rng": rng,
             "files": checksums,
         }
-        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_path(tmp)
-        _publish(tmp, final)
+        _seal(tmp, final, meta)
     except (OSError, safetensors.SafetensorError) as e:
         # safetensors reports I/O failures (a full disk) as its own error type, not OSError.
         shutil.rmtree(tmp, ignore_errors=True)
@@ -426,6 +421,17 @@ def save(
     if keep is not None:
         _prune(root, keep, final)
     return final
+
+
+def _seal(tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Write ``state.json`` last (its checksums vouch for every other file), fsync it and the
+    folder, then publish the folder under its final name."""
+    with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(tmp)
+    _publish(tmp, final)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -696,12 +702,7 @@ def save_sharded(
                 "sharded": {"world_size": world, "library": "torch.distributed.checkpoint"},
                 "files": checksums,
             }
-            with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_path(tmp)
-            _publish(tmp, final)
+            _seal(tmp, final, meta)
             if keep is not None:
                 _prune(root, keep, final)
     except OSError as e:
