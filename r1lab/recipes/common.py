@@ -143,6 +143,17 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     tok.save_folder(run_dir)
 
 
+def jsonl_out(out: str, stage: str, what: str) -> Path:
+    """The ``--out`` file a stage writes JSON lines to: StageError when it is missing (``stage
+    needs --out what``) or names a folder."""
+    if not out:
+        raise StageError(f"{stage} needs --out {what}")
+    path = Path(out)
+    if path.is_dir():
+        raise StageError(f"{stage}: --out {path} is a folder; give a .jsonl file path")
+    return path
+
+
 def seed_everything(seed: int, threads: int) -> None:
     # Set on purpose, never left to torch's default: on an idle 2-core machine 2 threads halve a
     # step (benchmarks/threads.py), but with another busy process tiny matmuls on 2 threads were

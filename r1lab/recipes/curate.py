@@ -31,9 +31,7 @@ from r1lab.tasks import get_task
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("curate needs --init RUN_OR_CHECKPOINT_FOLDER (the model whose pass rates select the prompts)")
-    if not cfg.out:
-        raise common.StageError("curate needs --out FILE.jsonl")
-    out = Path(cfg.out)
+    out = common.jsonl_out(cfg.out, "curate", "FILE.jsonl")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     tok = common.load_tokenizer(cfg.init)

@@ -42,11 +42,7 @@ def main(cfg: Config) -> Path | None:
             return None
         if not lc.source:
             raise common.StageError("label needs --from RUN_FOLDER_OR_TRACES.jsonl (or --agreement A B)")
-        if not cfg.out:
-            raise common.StageError("label needs --out LABELS.jsonl, the file the labels go to")
-        out = Path(cfg.out)
-        if out.is_dir():
-            raise common.StageError(f"label: --out {out} is a folder; give a .jsonl file path")
+        out = common.jsonl_out(cfg.out, "label", "LABELS.jsonl, the file the labels go to")
         if out.exists() and Path(lc.source).exists() and out.resolve() == Path(lc.source).resolve():
             raise common.StageError(f"label: --out {out} is the --from file; write the labels to another file")
         trace_list = traces.load(lc.source, lc.n_traces, cfg.seed)

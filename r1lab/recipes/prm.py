@@ -44,11 +44,7 @@ def label(cfg: Config) -> Path:
     pc = cfg.prm
     if not cfg.init:
         raise common.StageError("prm label needs --init POLICY_RUN (the policy that writes and finishes the traces)")
-    if not cfg.out:
-        raise common.StageError("prm label needs --out LABELS.jsonl, the file the labelled steps go to")
-    out = Path(cfg.out)
-    if out.is_dir():
-        raise common.StageError(f"prm label: --out {out} is a folder; give a .jsonl file path")
+    out = common.jsonl_out(cfg.out, "prm label", "LABELS.jsonl, the file the labelled steps go to")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
     tok = common.load_tokenizer(cfg.init)
