@@ -157,6 +157,51 @@ def wrap(model: nn.Module, dcfg: DistConfig, dev: torch.device, find_unused: boo
     return model
 
 
+def unshard(model: nn.Module) -> None:
+    """FSDP2: gather ``model``'s full parameters on every rank (all ranks call it together) and keep
+    them gathered after each forward until ``reshard``, so that calls on ``model`` run locally and
+    ranks may make different numbers of them (sampling: each rank's rows end at different steps).
+    A plain or DDP model is already whole: nothing to do. Forward calls in between: ``no_grad``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if world() == 1 or not isinstance(model, FSDPModule):
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
+
+
+def reshard(model: nn.Module) -> None:
+    """Undo ``unshard``: free the gathered parameters and restore ``wrap``'s policy (blocks reshard
+    after forward, the root keeps its parameters until the backward, as FSDP2 does by default)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if world() == 1 or not isinstance(model, FSDPModule):
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """``unshard`` on entry, ``reshard`` on exit (evaluation, pass-rate estimation inside training)."""
+    unshard(model)
+    try:
+        yield
+    finally:
+        reshard(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (its methods: ``head_weight``), else ``model`` (FSDP2 shards in place)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def autocast(dev: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on a GPU (the fp32 router opts out), nothing on the CPU."""
     if dev.type == "cuda":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1lab import distributed
 from r1lab.config import SampleConfig
 from r1lab.logprobs import token_logprobs
 from r1lab.model.transformer import Transformer
@@ -200,7 +201,7 @@ def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: to
     them ``chunk`` tokens at a time (``r1lab.logprobs``): O(chunk x V) memory, not O(N x T x V)."""
     if chunk > 0:
         out = model(tokens, positions_from_mask(attention_mask), attention_mask, logits=False)
-        logp = token_logprobs(out.normed_BTD[:, :-1], model.head_weight(), tokens[:, 1:], temperature, chunk)  # (N, T-1)
+        logp = token_logprobs(out.normed_BTD[:, :-1], distributed.unwrap(model).head_weight(), tokens[:, 1:], temperature, chunk)  # (N, T-1)
         return F.pad(logp, (1, 0)), out.aux_loss
     out = model(tokens, positions_from_mask(attention_mask), attention_mask)
     logp_all = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1)  # (N, T-1, V)

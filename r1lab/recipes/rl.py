@@ -219,7 +219,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.kl_coef > 0 and cfg.lora.rank == 0 else None
     world, rank = distributed.world(), distributed.rank()
     if world > 1:
-        _check_distributed(cfg)
+        _check_distributed(cfg, policy.cfg)
     # Sampling runs the plain module on each rank; the trainer's forward goes through DDP.
     train_policy = distributed.wrap(policy, cfg.dist, torch.device("cpu"), find_unused=policy.mtp is not None)
     opt = common.make_optimizer(policy, r.lr, r.weight_decay)
@@ -233,7 +233,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
         return loop.last_path
     source.load(loop.state.get("prompts"))
     if cfg.data.signal_check and not loop.resumed:
-        prompts.signal_check(cfg, policy, tok, task, "rl", run_dir / "signal.json")
+        with distributed.gathered(policy):
+            prompts.signal_check(cfg, policy, tok, task, "rl", run_dir / "signal.json" if distributed.is_main() else None)
     reward_name = "" if r.reward == "outcome" else f"{r.reward} reward ({'PRM ' + r.prm if r.prm else 'exact step checks'}), "
     print(f"rl: {reward_name}{r.advantage}/{r.loss_type} on {task.name} from {init_ckpt.path}: {r.steps} steps x {r.prompts_per_step} prompts x {G} samples")
 
@@ -249,35 +250,45 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
         for step in loop.steps():
             t0 = time.perf_counter()
             loop.set_lr(r.lr * min(1.0, (step + 1) / max(1, r.warmup_steps)))
+            distributed.unshard(policy)  # FSDP2: full weights on every rank while sampling (ranks decode different numbers of steps)
             source.before_step(step, policy)
 
             # 1. Sample G completions per prompt with the current policy; 2. score them. With DAPO
             # dynamic sampling, draw again until B groups whose rewards differ are kept (or the cap).
             kept: list[tuple[list[Example], rollout.Rollout, list[str], torch.Tensor, dict, list]] = []
-            n_kept, drawn, rounds, t_score = 0, 0, 0, 0.0
+            n_kept, drawn, rounds, t_score, n_fill = 0, 0, 0, 0.0, 0
             while True:
                 examples = source.draw(data_rng, r.prompts_per_step * world)[rank::world]  # whole groups per rank
-                ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, sample_gen, repeats=G)
-                ts = time.perf_counter()
-                row_examples = [ex for ex in examples for _ in range(G)]
-                texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(row_examples))]
-                total, parts, scores = reward_components(texts, row_examples, ro, task, r, weights)
-                t_score += time.perf_counter() - ts
-                rounds, drawn = rounds + 1, drawn + len(examples)
-                if not r.dynamic_sampling:
-                    kept.append((row_examples, ro, texts, total, parts, scores))
+                rounds += 1
+                if n_kept < r.prompts_per_step:  # under torchrun a full rank still draws (one shared prompt stream) but samples no more
+                    ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, sample_gen, repeats=G)
+                    ts = time.perf_counter()
+                    row_examples = [ex for ex in examples for _ in range(G)]
+                    texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(row_examples))]
+                    total, parts, scores = reward_components(texts, row_examples, ro, task, r, weights)
+                    t_score += time.perf_counter() - ts
+                    drawn += len(examples)
+                    if not r.dynamic_sampling:
+                        kept.append((row_examples, ro, texts, total, parts, scores))
+                        break
+                    useful = ~rl.zero_variance_groups(total, G)  # (B,)
+                    take = useful.nonzero().squeeze(-1)[: r.prompts_per_step - n_kept]
+                    if len(take) or (rounds >= r.max_sample_rounds and not kept):
+                        n_kept += len(take)
+                        if not len(take):
+                            take = torch.arange(len(examples))  # nothing useful at all: train on the last draw (no signal)
+                        elif world > 1 and rounds >= r.max_sample_rounds and n_kept < r.prompts_per_step:
+                            # Ranks must run as many micro-batches as each other: top up with this draw's
+                            # degenerate groups, masked out of the loss (the last rows of the batch).
+                            n_fill = (r.prompts_per_step - n_kept) * G
+                            take = torch.cat([take, (~useful).nonzero().squeeze(-1)[: r.prompts_per_step - n_kept]])
+                        rows = (take[:, None] * G + torch.arange(G)).reshape(-1)
+                        kept.append(([row_examples[i] for i in rows], rollout.select(ro, rows), [texts[i] for i in rows],
+                                     total[rows], {k: v[rows] for k, v in parts.items()}, [scores[i] for i in rows]))
+                # Under torchrun the ranks agree to stop when every rank holds its groups (or at the cap).
+                if rounds >= r.max_sample_rounds or not distributed.any_rank(n_kept < r.prompts_per_step):
                     break
-                useful = ~rl.zero_variance_groups(total, G)  # (B,)
-                take = useful.nonzero().squeeze(-1)[: r.prompts_per_step - n_kept]
-                if len(take) or (rounds >= r.max_sample_rounds and not kept):
-                    n_kept += len(take)
-                    if not len(take):
-                        take = torch.arange(len(examples))  # nothing useful at all: train on the last draw (no signal)
-                    rows = (take[:, None] * G + torch.arange(G)).reshape(-1)
-                    kept.append(([row_examples[i] for i in rows], rollout.select(ro, rows), [texts[i] for i in rows],
-                                 total[rows], {k: v[rows] for k, v in parts.items()}, [scores[i] for i in rows]))
-                if n_kept >= r.prompts_per_step or rounds >= r.max_sample_rounds:
-                    break
+            distributed.reshard(policy)
             if len(kept) == 1:
                 row_examples, ro, texts, rewards_N, parts, scores = kept[0]
             else:
@@ -287,7 +298,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 rewards_N = torch.cat([k[3] for k in kept])
                 parts = {name: torch.cat([k[4][name] for k in kept]) for name in kept[0][4]}
                 scores = [s for k in kept for s in k[5]]
-            source.observe([s.correct for s in scores])
+            source.observe([c for part in distributed.gather_objects([s.correct for s in scores]) for c in part])  # all ranks' rates
             t_sample = time.perf_counter() - t0
 
             # Reference log-probs (only with a KL term), on the sampled tokens.
@@ -312,10 +323,18 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 process_NT = rl.process_advantages(step_r.rewards, step_r.ends, G, ro.tokens.shape[1])  # (N, T)
                 adv_N = process_NT if r.reward == "process" else rl.hybrid_advantages(process_NT, adv_N, r.process_weight)  # (N, T)
                 process_mean = sum(sum(v) / len(v) for v in step_r.rewards) / len(step_r.rewards)
+                steps_mean = sum(len(v) - 1 for v in step_r.rewards) / len(step_r.rewards)
+                if world > 1:  # over all ranks' completions (groups are whole per rank, so the advantages are already exact)
+                    sums = distributed.all_reduce_(torch.tensor([process_mean * len(step_r.rewards), len(step_r.rewards), step_r.agree, step_r.judged,
+                                                                 sum(len(v) - 1 for v in step_r.rewards)], dtype=torch.float64)).tolist()
+                    process_mean, step_r.agree, step_r.judged, steps_mean = sums[0] / sums[1], int(sums[2]), int(sums[3]), sums[4] / sums[1]
                 proxy = process_mean if r.reward == "process" else r.process_weight * process_mean + (1 - r.process_weight) * proxy
             loss_mask = ro.completion_mask
             if r.overlong == "mask":
                 loss_mask = loss_mask & ro.finished[:, None]
+            if n_fill:
+                loss_mask = loss_mask.clone()
+                loss_mask[-n_fill:] = False
             N = len(rewards_N)
 
             # Old log-probs: the sampler's (the same model code and weights), or with truncated
@@ -411,16 +430,18 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 metrics["train/entropy"] = stats["entropy"] / n_tok
             if r.reward != "outcome":
                 metrics["reward/process_mean"] = process_mean
-                metrics["process/steps_mean"] = sum(len(v) - 1 for v in step_r.rewards) / len(step_r.rewards)
+                metrics["process/steps_mean"] = steps_mean
                 if step_r.judged:
                     metrics["process/prm_step_acc"] = step_r.agree / step_r.judged
             if r.dynamic_sampling:
+                drawn, n_kept = (int(x) for x in distributed.all_reduce_(torch.tensor([drawn, n_kept])).tolist())  # over all ranks
                 metrics["rollout/groups_drawn_per_kept"] = drawn / max(n_kept, 1)
                 metrics["rollout/sample_rounds"] = rounds
                 metrics["rollout/groups_kept"] = n_kept
             metrics.update(source.metrics())
             if loop.due(r.eval_every, step + 1):
-                res = evaluate_model(policy, tok, task, eval_cfg, weights, desc="rl eval")
+                with distributed.gathered(policy):
+                    res = evaluate_model(policy, tok, task, eval_cfg, weights, desc="rl eval")
                 metrics["eval/pass@1"] = res.metrics["pass@1"]
                 metrics["eval/mean_len"] = res.metrics["mean_len"]
                 policy.train()
@@ -432,7 +453,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 events = watch.observe_batch(step + 1, stats)
                 metrics.update(watch.metrics(stats))
                 if loop.due(r.monitor.probe_every, step + 1):
-                    probe = evaluate_model(policy, tok, task, probe_cfg, weights, desc="monitor probe")
+                    with distributed.gathered(policy):
+                        probe = evaluate_model(policy, tok, task, probe_cfg, weights, desc="monitor probe")
                     metrics["monitor/probe_pass@1"] = probe.metrics["pass@1"]
                     events += watch.observe_probe(step + 1, probe.metrics["pass@1"])
                     policy.train()
@@ -463,15 +485,12 @@ def rank_advantages(rewards_N: torch.Tensor, G: int, r: RLConfig) -> tuple[torch
     return rl.advantages(all_rewards, G, r.advantage, r.scale_rewards).view(world, -1)[distributed.rank()], all_rewards
 
 
-def _check_distributed(cfg: Config) -> None:
+def _check_distributed(cfg: Config, model_cfg) -> None:
     """What RL under torchrun does not support yet, named in one line each."""
     r = cfg.rl
     for key, bad, why in (
-        ("dist.strategy", cfg.dist.strategy != "ddp", "RL under torchrun needs ddp: FSDP2 would make every rank's sampler take part in each decoding step's all-gather"),
-        ("rl.dynamic_sampling", r.dynamic_sampling, "DAPO dynamic sampling runs in one process only (ranks would redraw different numbers of rounds)"),
-        ("rl.logprob_chunk", r.logprob_chunk > 0, "chunked trainer log-probs run in one process only"),
-        ("rl.reward", r.reward != "outcome", "process rewards run in one process only (step advantages are normalised per group on one rank)"),
-        ("data.prompts", cfg.data.prompts != "uniform", "curriculum and pass-rate sources run in one process only (each rank would track its own pass rates)"),
+        ("rl.logprob_chunk", r.logprob_chunk > 0 and cfg.dist.strategy == "ddp" and model_cfg.mtp_depth > 0 and not model_cfg.tie_embeddings,
+         "chunked log-probs use an untied head outside DDP's forward, which DDP with an MTP module (find_unused_parameters) cannot reduce; use --dist.strategy fsdp2"),
     ):
         if bad:
             raise common.StageError(f"config key {key}: {why}")
