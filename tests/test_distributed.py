@@ -73,6 +73,20 @@ def test_helpers_are_no_ops_in_one_process():
     assert distributed.wrap(model, common.config_lib.DistConfig("fsdp2"), torch.device("cpu")) is model
 
 
+def test_rl_refuses_under_torchrun_only_what_it_cannot_reduce():
+    """Chunked log-probs read an untied head outside DDP's forward: refused with an MTP module under
+    DDP (one line naming the key), accepted under FSDP2 or with a tied head."""
+    from r1lab.config import Config, DistConfig, RLConfig
+    from r1lab.recipes.rl import _check_distributed
+
+    untied = ModelConfig(**{**MODEL, "tie_embeddings": False})
+    cfg = Config(rl=RLConfig(logprob_chunk=16, dynamic_sampling=True))
+    with pytest.raises(common.StageError, match="rl.logprob_chunk"):
+        _check_distributed(cfg, untied)
+    _check_distributed(Config(rl=cfg.rl, dist=DistConfig("fsdp2")), untied)
+    _check_distributed(cfg, ModelConfig(**MODEL))
+
+
 def test_nproc_is_refused_for_one_process_stages_and_bad_values(capsys):
     assert main(["sample", "--init", "nowhere", "--nproc", "2"]) == 2
     assert "runs in one process" in capsys.readouterr().err
@@ -269,8 +283,80 @@ def test_rl_with_two_processes_from_a_sharded_checkpoint(dense_dcp, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and "eval/pass@1" in rows[-1]
     assert checkpoint.load_latest(run).world_size == 2
     assert res.stdout.count("rl: final checkpoint") == 1
-    bad = r1lab(*args[:-2], "--out", str(tmp_path / "x"), "--nproc", "2", "--dist.strategy", "fsdp2")
-    assert bad.returncode != 0 and "needs ddp" in bad.stderr
+
+
+RL_ARGS = [*overrides({k: v for k, v in TINY.items() if k in ("rl", "threads", "tensorboard", "save_every")}),
+           "--rl.eval_every", "3", "--rl.extra_rewards", '["chars"]', "--rl.extra_reward_weights", "[0.5]"]
+"a length reward: the tiny model's groups always differ in reward, so every step trains"
+
+
+@pytest.fixture(scope="module")
+def rl_runs(dense_dcp, tmp_path_factory):
+    """The same 2-rank RL job (3 steps, checkpoints at 2 and 3) under DDP and under FSDP2."""
+    out = {}
+    for strategy in ("ddp", "fsdp2"):
+        run = tmp_path_factory.mktemp("rl") / strategy
+        res = r1lab("rl", "--init", str(dense_dcp), *RL_ARGS, "--out", str(run), "--nproc", "2", "--dist.strategy", strategy)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out[strategy] = run
+    return out
+
+
+@pytest.mark.slow
+def test_rl_under_fsdp2_equals_ddp(rl_runs):
+    """FSDP2 RL (sharded policy, full weights gathered for sampling, reduce-scattered gradients)
+    draws the same samples and takes the same steps as DDP RL: every metric and the final weights
+    agree to float tolerance (DDP's gradient equals one process's: the test below)."""
+    ddp, fsdp = (read_metrics(rl_runs[s] / "metrics.jsonl") for s in ("ddp", "fsdp2"))
+    assert [r["step"] for r in fsdp] == [1, 2, 3] and "eval/pass@1" in fsdp[-1]
+    assert all(r["train/grad_norm"] > 0 and r["rollout/zero_var_group_frac"] < 1 for r in ddp)  # a real update every step
+    for a, b in zip(ddp, fsdp):
+        a, b = comparable(a), comparable(b)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+    assert checkpoint.load_latest(rl_runs["fsdp2"]).world_size == 2
+    w_ddp, w_fsdp = weights(rl_runs["ddp"]), weights(rl_runs["fsdp2"])
+    for k, v in w_ddp.items():
+        torch.testing.assert_close(w_fsdp[k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_rl_under_fsdp2_resumes_bit_identical(rl_runs, dense_dcp, tmp_path):
+    """As after a kill -9 past step 2's checkpoint: the last checkpoint gone, --resume redoes step 3
+    from the sharded step-2 checkpoint (weights, AdamW state, every rank's sampler RNG)."""
+    run = tmp_path / "fsdp2"
+    shutil.copytree(rl_runs["fsdp2"], run)
+    shutil.rmtree(run / "checkpoints" / "step_3")
+    res = r1lab("rl", "--init", str(dense_dcp), *RL_ARGS, "--out", str(run), "--nproc", "2", "--dist.strategy", "fsdp2", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    want, got = read_metrics(rl_runs["fsdp2"] / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
+    assert [comparable(r) for r in got] == [comparable(r) for r in want]
+    for k, v in weights(rl_runs["fsdp2"]).items():
+        assert torch.equal(weights(run)[k], v), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal", [True, False])
+def test_dapo_dynamic_sampling_across_two_ranks(dense_dcp, tmp_path, signal):
+    """DAPO under torchrun: each rank keeps its groups with signal, the ranks agree when all are full
+    (with the length reward at once: every group differs), or sample up to the cap together and
+    train on their last draw (the task reward alone: the tiny model solves nothing, no group has
+    signal), with the draw counts summed over ranks. Process rewards (hybrid) ride along."""
+    run = tmp_path / "dapo"
+    args = RL_ARGS if signal else [a for a in RL_ARGS if a not in ('["chars"]', "[0.5]", "--rl.extra_rewards", "--rl.extra_reward_weights")]
+    res = r1lab("rl", "--init", str(dense_dcp), *args, "--rl.steps", "2", "--rl.dynamic_sampling", "true", "--rl.max_sample_rounds", "2",
+                "--rl.reward", "hybrid", "--out", str(run), "--nproc", "2", "--dist.strategy", "fsdp2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all("reward/process_mean" in r for r in rows)
+    B, world = TINY["rl"]["prompts_per_step"], 2
+    for r in rows:
+        if signal:  # one round: both ranks full at once; 4 groups drawn for 4 kept
+            assert (r["rollout/sample_rounds"], r["rollout/groups_kept"], r["rollout/groups_drawn_per_kept"]) == (1, B * world, 1.0)
+            assert r["rollout/zero_var_group_frac"] == 0
+        else:  # the cap: 2 rounds of 2 groups on each rank, none kept
+            assert (r["rollout/sample_rounds"], r["rollout/groups_kept"], r["rollout/groups_drawn_per_kept"]) == (2, 0, 2 * B * world)
 
 
 @pytest.mark.slow
@@ -345,19 +431,20 @@ def _rl_batch():
     return model, ro, r, adv
 
 
-def _rl_grads(model, ro, r, adv, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+def _rl_grads(model, ro, r, adv, rows: torch.Tensor, strategy: str = "ddp") -> dict[str, torch.Tensor]:
     from r1lab import rollout
     from r1lab.recipes.rl import backward_minibatch, loss_settings
 
     sub = rollout.select(ro, rows)
     stats = dict.fromkeys(("clip_low", "clip_high", "kl", "ratio", "entropy", "tokens"), 0.0)
-    ddp = distributed.wrap(model, common.config_lib.DistConfig("ddp"), torch.device("cpu"), find_unused=model.mtp is not None)  # as recipes/rl.py
-    backward_minibatch(ddp, sub, torch.arange(len(rows)),
+    wrapped = distributed.wrap(model, common.config_lib.DistConfig(strategy), torch.device("cpu"), find_unused=model.mtp is not None)  # as recipes/rl.py
+    backward_minibatch(wrapped, sub, torch.arange(len(rows)),
                        sub.completion_mask, sub.logprobs, adv[rows], None, None, r, loss_settings(r), stats)
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    # FSDP2's gradients are each rank's shard (DTensor): gather the full tensor to compare
+    return {n: (p.grad.full_tensor() if strategy == "fsdp2" else p.grad).clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _rl_worker(rank: int, world: int, store: str, results: dict) -> None:
+def _rl_worker(rank: int, world: int, store: str, strategy: str, results: dict) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -366,20 +453,22 @@ def _rl_worker(rank: int, world: int, store: str, results: dict) -> None:
         model, ro, r, adv = _rl_batch()
         groups = torch.arange(4)[rank::world]  # whole groups per rank, as recipes/rl.py keeps them
         rows = (groups[:, None] * 4 + torch.arange(4)).reshape(-1)
-        results[rank] = _rl_grads(model, ro, r, adv, rows)
+        results[rank] = _rl_grads(model, ro, r, adv, rows, strategy)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_rl_gradient_over_two_ranks_equals_one_process_on_the_same_rollouts(tmp_path):
-    """Given the same rollouts, 2 DDP ranks holding 2 groups each (micro-batches of 4 rows, the loss
-    normalised by the global token and sequence counts) produce the one-process gradient."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_rl_gradient_over_two_ranks_equals_one_process_on_the_same_rollouts(tmp_path, strategy):
+    """Given the same rollouts, 2 ranks holding 2 groups each (micro-batches of 4 rows, the loss
+    normalised by the global token and sequence counts) produce the one-process gradient: DDP's
+    all-reduced mean, and FSDP2's reduce-scattered shards gathered back."""
     import torch.multiprocessing as mp
 
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_rl_worker, args=(2, str(tmp_path / "store"), results), nprocs=2)
+        mp.spawn(_rl_worker, args=(2, str(tmp_path / "store"), strategy, results), nprocs=2)
         results = dict(results)
     model, ro, r, adv = _rl_batch()
     reference = _rl_grads(model, ro, r, adv, torch.arange(16))
