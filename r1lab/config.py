@@ -585,7 +585,7 @@ class Config:
     prm: PRMConfig = field(default_factory=PRMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    "where pretraining runs: auto takes this rank's GPU when CUDA is available (bf16 autocast), else the CPU"
+    "where pretraining, RL and evaluation run: auto takes this rank's GPU when CUDA is available (bf16 autocast in pretraining), else the CPU"
     dist: DistConfig = field(default_factory=DistConfig)
     "torchrun data parallelism (r1lab <stage> --nproc N, docs/distributed.md)"
     janus: JanusConfig = field(default_factory=JanusConfig)

@@ -39,8 +39,8 @@ from r1lab.config import Config, ConfigError, DistConfig
 
 STAGES = ("pretrain", "rl", "eval")
 "stages that run under torchrun; the others are one-process tools and refuse a world size > 1"
-DEVICE_STAGES = ("pretrain",)
-"stages that follow ``--device`` (GPU: NCCL); the others run on the CPU (gloo), as the sampler does"
+DEVICE_STAGES = ("pretrain", "rl", "eval")
+"stages that follow ``--device`` (GPU: NCCL)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,9 +214,14 @@ def autocast(dev: torch.device) -> contextlib.AbstractContextManager:
 
 
 def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Sum (or ``max``) ``t`` over ranks in place; returns it."""
+    """Sum (or ``max``) ``t`` over ranks in place; returns it. NCCL reduces GPU tensors only: a CPU
+    ``t`` (a count, a flag) makes the round trip through this rank's GPU."""
     if world() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        reduce_op = dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            t.copy_(all_reduce_(t.to(torch.device("cuda", torch.cuda.current_device())), op))
+        else:
+            dist.all_reduce(t, op=reduce_op)
     return t
 
 
@@ -224,9 +229,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any (decisions that must agree: skip, stop)."""
     if world() == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return bool(all_reduce_(torch.tensor([1.0 if flag else 0.0]), "max").item() > 0)
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -72,8 +72,32 @@ def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generat
         outside = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest prefix reaching top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    token_N = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    token_N = draw_tokens(probs, gen)
     return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1), entropy_N
+
+
+def draw_tokens(probs_NV: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token (N,) per row of ``probs_NV`` (rows need not sum to 1).
+
+    A generator on the probabilities' device draws with ``torch.multinomial`` (the CPU path, whose
+    numbers are unchanged). A CPU generator with probabilities on a GPU draws one uniform per row
+    on the CPU and inverts the row's CDF on the device (``inverse_cdf``): the run's generators, their
+    seeds and their checkpointed states stay CPU ones, so a GPU run is reproducible and resumes
+    bit-identically like a CPU run, and only N numbers cross to the device per step (not N x V).
+    The stream differs from the CPU's multinomial: the same seed gives other samples on a GPU."""
+    if gen.device == probs_NV.device:
+        return torch.multinomial(probs_NV, 1, generator=gen).squeeze(-1)
+    u_N = torch.rand(probs_NV.shape[0], generator=gen, dtype=torch.float64)  # (N,) on the generator's device
+    return inverse_cdf(probs_NV, u_N.to(probs_NV.device))
+
+
+def inverse_cdf(probs_NV: torch.Tensor, u_N: torch.Tensor) -> torch.Tensor:
+    """The token (N,) whose CDF interval holds ``u_N`` (in [0, 1)) times the row's total: token i
+    with probability p_i / sum(p); a zero-probability token (cut by top-p) is never drawn."""
+    cdf_NV = probs_NV.double().cumsum(-1)  # (N, V) float64: no rounding gap over a large vocabulary
+    total_N = cdf_NV[:, -1]
+    target_N = torch.minimum(u_N.double() * total_N, torch.nextafter(total_N, torch.zeros_like(total_N)))  # < total: in range
+    return torch.searchsorted(cdf_NV, target_N[:, None], right=True).squeeze(-1)  # first i with cdf_i > target
 
 
 @torch.no_grad()
@@ -90,7 +114,8 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    ids_BP, mask_BP = left_pad(prompts, pad_id)
+    dev = model.embed.weight.device  # sample where the model is; the Rollout stays there
+    ids_BP, mask_BP = (x.to(dev) for x in left_pad(prompts, pad_id))
     B, P = ids_BP.shape
     N = B * repeats
     max_len = model.cfg.max_seq_len
@@ -102,20 +127,20 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     cache = model.new_cache(B, min(P + C, max_len))
     logits_BV = model(ids_BP, positions_from_mask(mask_BP), mask_BP, cache).logits_BTV[:, -1]  # (B, V)
     if repeats > 1:
-        cache.keep_rows(torch.arange(B).repeat_interleave(repeats))
+        cache.keep_rows(torch.arange(B, device=dev).repeat_interleave(repeats))
     logits_NV = logits_BV.repeat_interleave(repeats, dim=0)  # (N, V)
     prefill_s = time.perf_counter() - t0
 
     ids_NP = ids_BP.repeat_interleave(repeats, dim=0)  # (N, P)
     key_mask = mask_BP.repeat_interleave(repeats, dim=0)  # (rows in the cache, S)
     next_pos = lens_N.clone()  # (rows in the cache,) position of the next token
-    rows = torch.arange(N)  # which of the N rows the cache holds, in order
-    out_tok = torch.full((N, C), pad_id, dtype=torch.long)  # (N, C)
-    out_logp = torch.zeros(N, C)
-    out_ent = torch.zeros(N, C)
-    valid = torch.zeros(N, C, dtype=torch.bool)
-    alive = torch.ones(N, dtype=torch.bool)  # (N,) neither ended nor out of budget
-    ended = torch.zeros(N, dtype=torch.bool)  # (N,) sampled eos
+    rows = torch.arange(N, device=dev)  # which of the N rows the cache holds, in order
+    out_tok = torch.full((N, C), pad_id, dtype=torch.long, device=dev)  # (N, C)
+    out_logp = torch.zeros(N, C, device=dev)
+    out_ent = torch.zeros(N, C, device=dev)
+    valid = torch.zeros(N, C, dtype=torch.bool, device=dev)
+    alive = torch.ones(N, dtype=torch.bool, device=dev)  # (N,) neither ended nor out of budget
+    ended = torch.zeros(N, dtype=torch.bool, device=dev)  # (N,) sampled eos
     t = 0
     for t in range(C):
         token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
@@ -150,8 +175,8 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     tokens = torch.cat([ids_NP, out_tok[:, :C_used]], dim=1)
     attention_mask = torch.cat([mask_BP.repeat_interleave(repeats, dim=0), valid[:, :C_used]], dim=1)
     completion_mask = torch.cat([torch.zeros_like(ids_NP, dtype=torch.bool), valid[:, :C_used]], dim=1)
-    logprobs = torch.cat([torch.zeros(N, P), out_logp[:, :C_used]], dim=1)
-    entropy = torch.cat([torch.zeros(N, P), out_ent[:, :C_used]], dim=1)
+    logprobs = torch.cat([torch.zeros(N, P, device=dev), out_logp[:, :C_used]], dim=1)
+    entropy = torch.cat([torch.zeros(N, P, device=dev), out_ent[:, :C_used]], dim=1)
     ro = Rollout(tokens, attention_mask, completion_mask, logprobs, P, finished=ended, entropy=entropy,
                  prefill_s=prefill_s, decode_s=time.perf_counter() - t0 - prefill_s)
     return _fit(ro, max_len)
@@ -165,7 +190,7 @@ def _fit(ro: Rollout, max_len: int) -> Rollout:
         return ro
     lead_N = ro.attention_mask.long().argmax(-1)  # (N,) leading padding of each row
     shift_N = lead_N.clamp(max=excess)  # (N,)
-    cols = torch.arange(max_len)[None] + shift_N[:, None]  # (N, max_len)
+    cols = torch.arange(max_len, device=shift_N.device)[None] + shift_N[:, None]  # (N, max_len)
     take = lambda x: x.gather(1, cols)  # noqa: E731
     return Rollout(take(ro.tokens), take(ro.attention_mask), take(ro.completion_mask), take(ro.logprobs),
                    ro.prompt_len - int(shift_N.max()), ro.finished, take(ro.entropy) if ro.entropy is not None else None,

@@ -139,6 +139,7 @@ def main(cfg: Config) -> Path:
         raise common.StageError("eval needs --init RUN_OR_CHECKPOINT_FOLDER")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
+    model.to(distributed.device(cfg.device))  # sample on the GPU when there is one
     task = get_task(cfg.task, seed=cfg.seed)
     context.check_loaded(model.cfg.max_seq_len, cfg, task, common.load_tokenizer(cfg.init), "eval")  # before any sampling
     default = Path("runs") / "eval" if cfg.init.startswith(common.HF_PREFIX) else ckpt.path.parent.parent / "eval"

@@ -8,11 +8,14 @@ advantages, take mu passes of clipped policy-gradient steps over mini-batches (a
 micro-batches), and log, checkpoint and periodically evaluate. The maths lives in ``r1lab.rl``;
 this file only wires it.
 
-Under torchrun (DDP, docs/distributed.md) every rank draws the same world x B prompts and keeps
-groups rank::world, so a GRPO group never spans ranks; it samples them with its own generator
-(seeded by seed and rank), advantages are computed over the gathered rewards of all ranks, the
-loss is normalised by the global token (sequence) count, gradients are averaged by DDP, expert
-loads summed before the bias update, and the periodic evaluation is split across ranks.
+Under torchrun (DDP or FSDP2, docs/distributed.md) every rank draws the same world x B prompts and
+keeps groups rank::world, so a GRPO group never spans ranks; it samples them with its own generator
+(seeded by seed and rank; FSDP2 gathers the full weights for the sampling phase), advantages are
+computed over the gathered rewards of all ranks, the loss is normalised by the global token
+(sequence) count, gradients are averaged by DDP or FSDP2, expert loads summed before the bias
+update, and the periodic evaluation is split across ranks. DAPO's redraws stop when every rank
+holds its B groups (agreed by an all-reduce) or at the cap. Sampling and training run on the
+model's device (``--device``); rewards and advantages are computed on the CPU.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def reward_components(texts: list[str], examples: list[Example], ro: rollout.Rol
     parts = {"task": total}
     if r.overlong == "soft":
         buffer = r.overlong_buffer or max(1, r.sample.max_new_tokens // 5)
-        parts["overlong"] = r.overlong_weight * rl.soft_overlong_penalty(ro.completion_lengths, r.sample.max_new_tokens, buffer)
+        parts["overlong"] = r.overlong_weight * rl.soft_overlong_penalty(ro.completion_lengths.cpu(), r.sample.max_new_tokens, buffer)
         total = total + parts["overlong"]
     for name, w in zip(r.extra_rewards, r.extra_reward_weights):
         parts[name] = torch.tensor([w * REWARDS[name](text, ex) for text, ex in zip(texts, examples)])
@@ -200,6 +203,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     policy, init_ckpt = common.load_model(init)
     if cfg.lora.rank > 0:  # only the adapters train; the frozen base is the KL reference (adapters off)
         lora.apply(policy, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
+    dev = distributed.device(cfg.device)  # sampling and training on the GPU when there is one; rewards and advantages on the CPU
+    policy.to(dev)
     G, max_len = r.group_size, policy.cfg.max_seq_len
     context.check_loaded(max_len, cfg, task, tok, "rl")  # prompt + budget fit, before any sampling
     source = prompts.make_source(cfg, task, tok, max_len)  # data.prompts: uniform (R1), curriculum or pass-rate curation
@@ -220,8 +225,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
     world, rank = distributed.world(), distributed.rank()
     if world > 1:
         _check_distributed(cfg, policy.cfg)
-    # Sampling runs the plain module on each rank; the trainer's forward goes through DDP.
-    train_policy = distributed.wrap(policy, cfg.dist, torch.device("cpu"), find_unused=policy.mtp is not None)
+    # Sampling runs the plain module on each rank (FSDP2: its gathered weights); the trainer's forward goes through DDP/FSDP2.
+    train_policy = distributed.wrap(policy, cfg.dist, dev, find_unused=policy.mtp is not None)
     opt = common.make_optimizer(policy, r.lr, r.weight_decay)
     data_rng = random.Random(cfg.seed)  # the same on every rank: the global prompt list
     sample_gen = torch.Generator().manual_seed(cfg.seed if world == 1 else cfg.seed * 1_000_003 + rank)
@@ -310,7 +315,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                                                           r.sample.temperature, r.logprob_chunk)
                 if r.kl_in_reward:
                     kl_N = (rl.kl_estimate(ro.logprobs, ref_logp, r.kl_estimator) * ro.completion_mask).sum(-1)  # (N,)
-                    parts["kl"] = -r.kl_coef * kl_N
+                    parts["kl"] = -r.kl_coef * kl_N.cpu()
                     rewards_N = rewards_N + parts["kl"]
             t_ref = time.perf_counter() - t1
 
@@ -329,6 +334,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                                                                  sum(len(v) - 1 for v in step_r.rewards)], dtype=torch.float64)).tolist()
                     process_mean, step_r.agree, step_r.judged, steps_mean = sums[0] / sums[1], int(sums[2]), int(sums[3]), sums[4] / sums[1]
                 proxy = process_mean if r.reward == "process" else r.process_weight * process_mean + (1 - r.process_weight) * proxy
+            adv_N = adv_N.to(dev)
             loss_mask = ro.completion_mask
             if r.overlong == "mask":
                 loss_mask = loss_mask & ro.finished[:, None]
