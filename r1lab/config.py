@@ -221,6 +221,8 @@ class RLConfig:
     "DAPO dynamic sampling: redraw until prompts_per_step groups with unequal rewards are kept"
     max_sample_rounds: int = 4
     "dynamic sampling: at most this many draws of prompts_per_step prompts per step; then train on what was kept"
+    group_seeds: bool = False
+    "draw each group's tokens from its own generator seeded by (seed, step, round, prompt index), so that N processes sample what one does (r1lab's own; off: one stream per rank)"
     overlong: Literal["none", "mask", "soft"] = "none"
     "truncated completions: keep (none), drop from the loss (mask: DAPO overlong filtering), or DAPO's soft length penalty"
     overlong_buffer: int = 0

@@ -58,7 +58,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask  # (N, P), (N, P)
 
 
-def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(token, its log-prob, the entropy of the distribution sampled from), each (N,)."""
     if cfg.temperature == 0:  # greedy (as transformers' generate without sampling); log-prob at temperature 1
         logp_NV = F.log_softmax(logits_NV.float(), dim=-1)
@@ -76,8 +76,12 @@ def _sample_token(logits_NV: torch.Tensor, cfg: SampleConfig, gen: torch.Generat
     return token_N, logp_NV.gather(-1, token_N[:, None]).squeeze(-1), entropy_N
 
 
-def draw_tokens(probs_NV: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def draw_tokens(probs_NV: torch.Tensor, gen: torch.Generator | list[torch.Generator]) -> torch.Tensor:
     """One token (N,) per row of ``probs_NV`` (rows need not sum to 1).
+
+    A list of generators, one per prompt (its N / len(gen) consecutive rows, a GRPO group), draws
+    that prompt's rows from its own generator through ``inverse_cdf``: a row's tokens then do not
+    depend on which other prompts share the batch (``rl.group_seeds``: N ranks sample what one does).
 
     A generator on the probabilities' device draws with ``torch.multinomial`` (the CPU path, whose
     numbers are unchanged). A CPU generator with probabilities on a GPU draws one uniform per row
@@ -85,6 +89,10 @@ def draw_tokens(probs_NV: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     seeds and their checkpointed states stay CPU ones, so a GPU run is reproducible and resumes
     bit-identically like a CPU run, and only N numbers cross to the device per step (not N x V).
     The stream differs from the CPU's multinomial: the same seed gives other samples on a GPU."""
+    if isinstance(gen, list):
+        per = probs_NV.shape[0] // len(gen)
+        u_N = torch.cat([torch.rand(per, generator=g, dtype=torch.float64) for g in gen])  # (N,)
+        return inverse_cdf(probs_NV, u_N.to(probs_NV.device))
     if gen.device == probs_NV.device:
         return torch.multinomial(probs_NV, 1, generator=gen).squeeze(-1)
     u_N = torch.rand(probs_NV.shape[0], generator=gen, dtype=torch.float64)  # (N,) on the generator's device
@@ -101,7 +109,8 @@ def inverse_cdf(probs_NV: torch.Tensor, u_N: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator, repeats: int = 1) -> Rollout:
+def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator | list[torch.Generator],
+           repeats: int = 1) -> Rollout:
     """Sample ``repeats`` completions per prompt (a GRPO group: ``repeats=G``); row ``i * repeats + j``
     is the j-th completion of prompt i.
 
@@ -110,7 +119,8 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     lengths. Rows that end leave the decode batch (their cache rows are dropped), so a batch no
     longer decodes until its longest row ends. Tokens are still drawn for all rows at every step
     (finished rows' draws are discarded), so the random stream, and hence every sample, is the
-    one that decoding the full batch would give."""
+    one that decoding the full batch would give. ``gen``: one generator for the batch, or one per
+    prompt (``draw_tokens``)."""
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()

@@ -288,37 +288,45 @@ def test_rl_with_two_processes_from_a_sharded_checkpoint(dense_dcp, tmp_path):
 RL_ARGS = [*overrides({k: v for k, v in TINY.items() if k in ("rl", "threads", "tensorboard", "save_every")}),
            "--rl.eval_every", "3", "--rl.extra_rewards", '["chars"]', "--rl.extra_reward_weights", "[0.5]"]
 "a length reward: the tiny model's groups always differ in reward, so every step trains"
+EQUAL_ARGS = [*RL_ARGS, "--rl.group_seeds", "true", "--rl.eval_every", "0", "--rl.monitor.enabled", "false"]
+"each group sampled from its own generator; no periodic eval or monitor probe (their samplers are seeded per rank)"
 
 
 @pytest.fixture(scope="module")
 def rl_runs(dense_dcp, tmp_path_factory):
-    """The same 2-rank RL job (3 steps, checkpoints at 2 and 3) under DDP and under FSDP2."""
+    """The same RL run (3 steps, checkpoints at 2 and 3, 4 prompts a step) in one process and as
+    2 ranks of 2 prompts, under DDP and under FSDP2."""
     out = {}
-    for strategy in ("ddp", "fsdp2"):
-        run = tmp_path_factory.mktemp("rl") / strategy
-        res = r1lab("rl", "--init", str(dense_dcp), *RL_ARGS, "--out", str(run), "--nproc", "2", "--dist.strategy", strategy)
+    for name, extra in (("one", ["--rl.prompts_per_step", "4"]),
+                        ("ddp", ["--rl.prompts_per_step", "2", "--nproc", "2"]),
+                        ("fsdp2", ["--rl.prompts_per_step", "2", "--nproc", "2", "--dist.strategy", "fsdp2"])):
+        run = tmp_path_factory.mktemp("rl") / name
+        res = r1lab("rl", "--init", str(dense_dcp), *EQUAL_ARGS, *extra, "--out", str(run))
         assert res.returncode == 0, res.stderr[-3000:]
-        out[strategy] = run
+        out[name] = run
     return out
 
 
 @pytest.mark.slow
-def test_rl_under_fsdp2_equals_ddp(rl_runs):
-    """FSDP2 RL (sharded policy, full weights gathered for sampling, reduce-scattered gradients)
-    draws the same samples and takes the same steps as DDP RL: every metric and the final weights
-    agree to float tolerance (DDP's gradient equals one process's: the test below)."""
-    ddp, fsdp = (read_metrics(rl_runs[s] / "metrics.jsonl") for s in ("ddp", "fsdp2"))
-    assert [r["step"] for r in fsdp] == [1, 2, 3] and "eval/pass@1" in fsdp[-1]
-    assert all(r["train/grad_norm"] > 0 and r["rollout/zero_var_group_frac"] < 1 for r in ddp)  # a real update every step
-    for a, b in zip(ddp, fsdp):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_rl_with_two_processes_follows_one_process(rl_runs, strategy):
+    """With rl.group_seeds, 2 ranks of 2 groups sample what 1 process of 4 groups samples (the same
+    prompts, each group from its own generator), and every logged figure (rollout, reward, train,
+    MoE) and the weights agree to float tolerance: advantages over the gathered rewards, the loss
+    over the global token count, DDP's all-reduce or FSDP2's reduce-scatter (FSDP2 sampling from its
+    gathered weights)."""
+    one, two = (read_metrics(rl_runs[s] / "metrics.jsonl") for s in ("one", strategy))
+    assert [r["step"] for r in two] == [1, 2, 3]
+    assert all(r["train/grad_norm"] > 0 and r["rollout/zero_var_group_frac"] < 1 for r in one)  # a real update every step
+    for a, b in zip(one, two):
         a, b = comparable(a), comparable(b)
         assert a.keys() == b.keys()
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
-    assert checkpoint.load_latest(rl_runs["fsdp2"]).world_size == 2
-    w_ddp, w_fsdp = weights(rl_runs["ddp"]), weights(rl_runs["fsdp2"])
-    for k, v in w_ddp.items():
-        torch.testing.assert_close(w_fsdp[k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert checkpoint.load_latest(rl_runs[strategy]).world_size == 2
+    w_one, w_two = weights(rl_runs["one"]), weights(rl_runs[strategy])
+    for k, v in w_one.items():
+        torch.testing.assert_close(w_two[k], v, rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.mark.slow
@@ -328,7 +336,8 @@ def test_rl_under_fsdp2_resumes_bit_identical(rl_runs, dense_dcp, tmp_path):
     run = tmp_path / "fsdp2"
     shutil.copytree(rl_runs["fsdp2"], run)
     shutil.rmtree(run / "checkpoints" / "step_3")
-    res = r1lab("rl", "--init", str(dense_dcp), *RL_ARGS, "--out", str(run), "--nproc", "2", "--dist.strategy", "fsdp2", "--resume")
+    res = r1lab("rl", "--init", str(dense_dcp), *EQUAL_ARGS, "--rl.prompts_per_step", "2", "--out", str(run), "--nproc", "2", "--dist.strategy", "fsdp2",
+                "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     want, got = read_metrics(rl_runs["fsdp2"] / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
     assert [comparable(r) for r in got] == [comparable(r) for r in want]

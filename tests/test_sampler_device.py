@@ -50,3 +50,18 @@ def test_sampling_on_a_gpu_with_the_runs_cpu_generator_is_reproducible():
     for t in (a.tokens, a.attention_mask, a.completion_mask, a.logprobs, a.finished, a.entropy):
         assert t.is_cuda
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
+
+
+def test_a_generator_per_prompt_makes_its_rows_independent_of_the_batch():
+    """``rl.group_seeds``: a group's completions are the same whichever prompts share its batch (so
+    N ranks sample what one process samples), and differ from group to group."""
+    model, tok = _model()
+    cfg = SampleConfig(max_new_tokens=10)
+    prompts = [tok.prompt_ids("1+2"), tok.prompt_ids("3*4-5+6"), tok.prompt_ids("7")]
+    gen = lambda i: torch.Generator().manual_seed(100 + i)  # noqa: E731
+    both = sample(model, prompts, cfg, tok.eos_id, tok.pad_id, [gen(i) for i in range(3)], repeats=2)
+    for i, p in enumerate(prompts):
+        alone = sample(model, [p], cfg, tok.eos_id, tok.pad_id, [gen(i)], repeats=2)
+        for j in range(2):
+            assert both.completion_ids(2 * i + j) == alone.completion_ids(j)
+    assert len({tuple(both.completion_ids(r)) for r in range(6)}) > 3

@@ -266,7 +266,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 examples = source.draw(data_rng, r.prompts_per_step * world)[rank::world]  # whole groups per rank
                 rounds += 1
                 if n_kept < r.prompts_per_step:  # under torchrun a full rank still draws (one shared prompt stream) but samples no more
-                    ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, sample_gen, repeats=G)
+                    gen = [group_generator(cfg.seed, step, rounds, i) for i in range(rank, r.prompts_per_step * world, world)] if r.group_seeds else sample_gen
+                    ro = rollout.sample(policy, [tok.prompt_ids(ex.question) for ex in examples], r.sample, tok.eos_id, tok.pad_id, gen, repeats=G)
                     ts = time.perf_counter()
                     row_examples = [ex for ex in examples for _ in range(G)]
                     texts = [tok.decode_completion(ro.completion_ids(i)) for i in range(len(row_examples))]
@@ -392,22 +393,31 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                     break
             t_train = time.perf_counter() - t2
 
-            lengths = ro.completion_lengths.float()
+            lengths, finished, row_scores, row_parts = ro.completion_lengths.float(), ro.finished, scores, parts
+            entropy_tok = ro.entropy[ro.completion_mask] if ro.entropy is not None else None
             groups = rewards_N.view(-1, G)
+            if world > 1:  # every figure over all ranks' rows (in rank order), so that N ranks log what one process does
+                every = distributed.gather_objects([lengths.cpu(), finished.cpu(), None if entropy_tok is None else entropy_tok.cpu(),
+                                                    None if mismatch is None else mismatch.cpu(), {k: v.cpu() for k, v in parts.items()}, scores])
+                lengths, finished, entropy_tok, mismatch = (None if every[0][i] is None else torch.cat([e[i] for e in every]) for i in range(4))
+                row_parts, row_scores = {k: torch.cat([e[4][k] for e in every]) for k in parts}, [s for e in every for s in e[5]]
+                groups = all_rewards.view(-1, G)
+                stats = dict(zip(stats, distributed.all_reduce_(torch.tensor(list(stats.values()), dtype=torch.float64)).tolist()))
+                losses = distributed.all_reduce_(torch.tensor(losses, dtype=torch.float64)).tolist()  # each rank holds its share of the loss
             n_tok = max(stats["tokens"], 1.0)
-            metrics = {  # rewards over all ranks; the other rollout/* figures are rank 0's groups
+            metrics = {
                 "rollout/reward_mean": float(all_rewards.mean()),
                 "rollout/reward_std": float(all_rewards.std()),
-                **{f"reward/{k}_mean": float(v.mean()) for k, v in parts.items()},
-                **{f"reward/{k}_std": float(v.std()) for k, v in parts.items()},
-                **{f"reward/{k}_mean": float(torch.tensor([getattr(s, k) for s in scores]).mean()) for k in ("format", "correct")},
-                "rollout/format_rate": sum(s.format for s in scores) / len(scores),
-                "rollout/correct_rate": sum(s.correct for s in scores) / len(scores),
+                **{f"reward/{k}_mean": float(v.mean()) for k, v in row_parts.items()},
+                **{f"reward/{k}_std": float(v.std()) for k, v in row_parts.items()},
+                **{f"reward/{k}_mean": float(torch.tensor([getattr(s, k) for s in row_scores]).mean()) for k in ("format", "correct")},
+                "rollout/format_rate": sum(s.format for s in row_scores) / len(row_scores),
+                "rollout/correct_rate": sum(s.correct for s in row_scores) / len(row_scores),
                 "rollout/zero_var_group_frac": float((groups.std(dim=1) == 0).float().mean()),
                 "rollout/mean_len": float(lengths.mean()),
                 "rollout/max_len": float(lengths.max()),
-                "rollout/truncated_frac": float((~ro.finished).float().mean()),
-                "rollout/entropy": float(ro.entropy[ro.completion_mask].mean()) if ro.entropy is not None else 0.0,
+                "rollout/truncated_frac": float((~finished).float().mean()),
+                "rollout/entropy": float(entropy_tok.mean()) if entropy_tok is not None else 0.0,
                 "rollout/tokens_per_s": float(lengths.sum()) / max(ro.prefill_s + ro.decode_s, 1e-9),
                 "rollout/logp_mismatch_max": float(mismatch.max()) if mismatch is not None and mismatch.numel() else 0.0,
                 "rollout/logp_mismatch_mean": float(mismatch.mean()) if mismatch is not None and mismatch.numel() else 0.0,
@@ -476,6 +486,12 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
         print(f"monitor: {summary['events']} reward-hacking event(s): {kinds}; see {Path(run_dir) / EVENTS_FILE}" if summary["events"]
               else "monitor: no sign of reward hacking (proxy vs verified, exploit shapes)")
     return loop.last_path
+
+
+def group_generator(seed: int, step: int, round_: int, index: int) -> torch.Generator:
+    """The generator of the ``index``-th prompt of the global batch drawn in ``round_`` (from 1) of
+    ``step`` (``rl.group_seeds``): the same whichever rank samples it; nothing to checkpoint."""
+    return torch.Generator().manual_seed((((seed * 1_000_003 + step) * 1_009 + round_) * 100_003 + index) % 2**63)
 
 
 def rank_advantages(rewards_N: torch.Tensor, G: int, r: RLConfig) -> tuple[torch.Tensor, torch.Tensor]:
