@@ -17,10 +17,11 @@ PaLM (arXiv:2204.02311, app. B). Training runs fp32 master weights under bf16 au
 router stays fp32), experts through ``torch.nn.functional.grouped_mm`` in bf16. The peak is read
 from the device name (H100/H200: 989 TFLOP/s, A100: 312) or given with ``--peak-tflops``.
 
-The sampler figure times ``Transformer`` decoding with its KV cache (bf16 weights, batch
-``--decode-batch``), the loop ``rollout.sample`` runs; ``rollout.sample`` itself keeps its
-bookkeeping tensors on the CPU today, so it is not what is timed. The last line is one JSON
-object, ratios first.
+The decode figure times ``Transformer`` decoding with its KV cache (bf16 weights, batch
+``--decode-batch``, greedy), the bare loop; the sampler figure times ``rollout.sample`` itself,
+as RL and evaluation call it (temperature 1, the run's CPU generator, so tokens are drawn by the
+inverse CDF on the device, finished-row compaction, same batch and lengths). The last line is
+one JSON object, ratios first.
 """
 
 from __future__ import annotations
@@ -170,6 +171,20 @@ def main() -> int:
 
     decode_s = timed(decode, dev, max(3, args.steps // 4), warmup=1)
     results["decode"] = {"tokens_per_s": B * new_tokens / decode_s, "batch": B, "prompt": P, "new_tokens": new_tokens, "call_s": decode_s}
+
+    # 2b. The RL/eval sampler (rollout.sample): eos is the last id, which random weights rarely draw.
+    from r1lab.config import SampleConfig
+    from r1lab.rollout import sample
+
+    gen, prompts = torch.Generator().manual_seed(0), prompt.tolist()
+    sampled = [0]
+
+    def sample_call() -> None:
+        ro = sample(dec, prompts, SampleConfig(max_new_tokens=new_tokens), args.vocab - 1, 0, gen)
+        sampled[0] = int(ro.completion_lengths.sum())
+
+    sample_s = timed(sample_call, dev, max(3, args.steps // 4), warmup=1)
+    results["sampler"] = {"tokens_per_s": sampled[0] / sample_s, "batch": B, "new_tokens": new_tokens, "call_s": sample_s}
     del dec
 
     # 3. One GRPO step on synthetic rollouts: trainer log-probs, clipped loss, backward, AdamW.
@@ -204,6 +219,7 @@ def main() -> int:
         "pretrain_mfu": results["pretrain"]["mfu"],
         "pretrain_tokens_per_s": results["pretrain"]["tokens_per_s"],
         "decode_tokens_per_s": results["decode"]["tokens_per_s"],
+        "sampler_tokens_per_s": results["sampler"]["tokens_per_s"],
         "grpo_step_s": results["grpo"]["step_s"],
         "device": name, "peak_tflops": peak, "params_total": total, "flops_per_token": fpt, "compile": args.compile,
         **{f"{k}/{kk}": vv for k, v in results.items() for kk, vv in v.items()},
