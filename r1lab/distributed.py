@@ -12,7 +12,9 @@ helper is a no-op, ``breakpoint()`` works). Under ``torchrun --nproc-per-node N 
   parameters (their own FSDP group with an fp32 policy), as the router's fp32 rule requires;
 * prints, logs metrics and draws progress bars on rank 0 only (other ranks' stdout goes to
   /dev/null; their stderr stays, so an error on any rank is seen);
-* checkpoints through ``torch.distributed.checkpoint`` (``checkpoint.save_sharded``).
+* checkpoints through ``torch.distributed.checkpoint`` (``checkpoint.save_sharded``);
+* samples (RL, evaluation) from an FSDP2 model with its full weights gathered for the sampling
+  phase (``unshard``/``reshard``), so that ranks may decode different numbers of steps.
 
 Everything is single-node or multi-node alike: nothing here assumes one host, only that the run
 folder is on a file system every rank sees. The recipes decide how data is split (pretraining:
