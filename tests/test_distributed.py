@@ -379,6 +379,46 @@ def test_eval_split_across_two_processes(dense_dcp, tmp_path):
     assert res.stdout.count("eval: wrote") == 1
 
 
+def _dapo_worker(rank: int, world: int, store: str, init: str, out: str) -> None:
+    import random
+
+    import torch.distributed as dist
+
+    from r1lab import config as config_lib
+    from r1lab.recipes import rl as rl_recipe
+    from r1lab.tasks import get_task
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        cfg = config_lib.build(config_lib.parse_overrides([
+            *overrides({k: v for k, v in TINY.items() if k in ("rl", "threads", "tensorboard")}), "--rl.steps", "1", "--rl.eval_every", "0",
+            "--rl.monitor.enabled", "false", "--rl.dynamic_sampling", "true", "--rl.max_sample_rounds", "1",
+            "--rl.extra_rewards", '["some"]', "--rl.extra_reward_weights", "[1.0]", "--init", init, "--out", out]))
+        # The first draw's global prompts, as the recipe draws them: only prompts 0-2 earn a reward
+        # that varies with the completion, so rank 0 (prompts 0, 2) fills up, rank 1 (1, 3) keeps one.
+        task, rng = get_task(cfg.task, seed=cfg.seed), random.Random(cfg.seed)
+        signal = {task.sample(rng, "train").question for _ in range(3)}
+        rl_recipe.REWARDS["some"] = lambda text, ex: sum(map(ord, text)) % 97 / 97 if ex.question in signal else 0.0
+        rl_recipe.main(cfg)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_dapo_ranks_short_of_groups_at_the_cap_top_up_and_stay_in_step(dense_dcp, tmp_path):
+    """At the cap a rank with fewer groups than B tops up with masked degenerate groups, so both
+    ranks run the same micro-batches (no hang) and the kept and drawn counts are summed."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dapo_worker, args=(2, str(tmp_path / "store"), str(dense_dcp), str(tmp_path / "run")), nprocs=2)
+    (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert (row["rollout/sample_rounds"], row["rollout/groups_kept"]) == (1, 3)
+    assert row["rollout/groups_drawn_per_kept"] == pytest.approx(4 / 3)
+    assert row["rollout/zero_var_group_frac"] == 0.25  # the filler group, trained on with its loss masked
+    assert row["train/grad_norm"] > 0
+
+
 def _group_worker(rank: int, world: int, store: str, results: dict) -> None:
     import torch.distributed as dist
 
