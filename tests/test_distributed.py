@@ -6,7 +6,9 @@ seconds on a shared 2-core machine and are marked slow: DDP and FSDP2 follow one
 the batch (loss curves and weights to float tolerance), a DCP checkpoint resumes at one process
 (reshard 2 -> 1) and exports, one rank killed with SIGKILL ends the job and ``--resume`` continues
 bit-identical, RL keeps whole GRPO groups per rank and, given the same rollouts, reproduces the
-one-process gradient, and only rank 0 prints and logs.
+one-process gradient (DDP and FSDP2), with ``rl.group_seeds`` 2 ranks (DDP, FSDP2) follow one
+process's RL run figure for figure, FSDP2 RL resumes bit-identically, DAPO dynamic sampling keeps
+the ranks in step (full, the cap, a rank short of groups), and only rank 0 prints and logs.
 """
 
 from __future__ import annotations
