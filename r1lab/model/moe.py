@@ -233,9 +233,9 @@ class MoE(nn.Module):
         self.register_buffer("load_acc_E", torch.zeros(n_routed, dtype=torch.float32), persistent=False)
         # Where the gate multiplies, chosen once here: on the experts' hidden activations (H
         # columns) when they are narrower than their outputs (D columns), else on the outputs.
-        # The same function (w2 is linear), other float rounding; 1.05-1.3x faster at D=256, H=128
-        # (benchmarks/moe_layer.py). At H == D (`r1lab zero`'s default) it stays on the outputs, so
-        # the default figures are unchanged bit for bit.
+        # The same function (w2 is linear), other float rounding; ~1.1x faster at D=256, H=128 and
+        # D=512, H=256 (benchmarks/moe_layer.py, docs/architecture.md). At H == D (`r1lab zero`'s
+        # default) it stays on the outputs, so the default figures are unchanged bit for bit.
         self.gate_before_down = d_expert < d_model
 
     def forward(self, x_BTD: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
