@@ -24,6 +24,8 @@ by expert so each expert multiplies one contiguous slice, with ``torch.nn.functi
 where it runs forward and backward for the device and dtype (probed once when the layer is
 built), else ``split`` + ``unbind`` of a stacked weight (no ``W[e]`` in a loop: its backward
 allocates a full-size zero gradient per expert); results are weighted and ``index_add_``-ed back.
+The gate weights each slot's hidden activations when the experts' hidden width is below the
+model width (fewer columns to multiply), else its output (``MoE.gate_before_down``, set at build).
 No capacity factor, so no token is dropped.
 """
 
@@ -229,10 +231,12 @@ class MoE(nn.Module):
         self.shared = SwiGLU(d_model, d_expert * n_shared) if n_shared > 0 else None
         # Not saved: checkpoints are written after the optimizer step that empties it.
         self.register_buffer("load_acc_E", torch.zeros(n_routed, dtype=torch.float32), persistent=False)
-        # Weight the experts' hidden activations by the gate instead of their outputs: the same
-        # function on H instead of D columns, 1.2x faster at D=256 (benchmarks/moe_layer.py), but a
-        # different float rounding, so it is off until the default figures are re-measured with it.
-        self.gate_before_down = False
+        # Where the gate multiplies, chosen once here: on the experts' hidden activations (H
+        # columns) when they are narrower than their outputs (D columns), else on the outputs.
+        # The same function (w2 is linear), other float rounding; ~1.1x faster at D=256, H=128 and
+        # D=512, H=256 (benchmarks/moe_layer.py, docs/architecture.md). At H == D (`r1lab zero`'s
+        # default) it stays on the outputs, so the default figures are unchanged bit for bit.
+        self.gate_before_down = d_expert < d_model
 
     def forward(self, x_BTD: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEStats]:
         """``token_mask`` (B, T) marks real tokens; padding is routed too (dropless and cheap)
