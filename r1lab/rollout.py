@@ -194,10 +194,72 @@ def concat(ros: list[Rollout], pad_id: int, max_len: int) -> Rollout:
     return _fit(ro, max_len)
 
 
-def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Packing:
+    """Where each real token of a padded (N, T) batch sits in a packed (R, W) batch: every row's
+    real tokens, in order, form one document laid end to end with others in few dense rows."""
+
+    ids_RW: torch.Tensor  # (R, W) token ids, pad_id in the unused tail of a row
+    doc_ids_RW: torch.Tensor  # (R, W) the source row of each token, -1 on the unused tail
+    real_RW: torch.Tensor  # (R, W) bool, a real token
+    src_M: tuple[torch.Tensor, torch.Tensor]  # (row, column) in the padded batch of each real token (M,)
+    slot_M: torch.Tensor  # (M,) its flat index into the packed (R * W) batch
+    first_M: torch.Tensor  # (M,) bool, first token of its row (no prefix: log-prob 0)
+
+
+def pack_rows(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, width: int, pad_id: int) -> Packing:
+    """Pack the real tokens of each row into rows of ``width`` tokens, first-fit decreasing (a
+    row is never split). Positions restart per document, so each document sees exactly the keys
+    and positions it sees in the padded batch (``positions_from_mask``)."""
+    lengths = attention_mask_NT.sum(-1).tolist()
+    if max(lengths) > width:
+        raise ValueError(f"a row of {max(lengths)} real tokens does not fit a packed row of {width}")
+    free: list[int] = []  # tokens left in each packed row
+    base = [0] * len(lengths)  # flat index of each source row's first token
+    for n in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties keep row order
+        r = next((j for j, f in enumerate(free) if f >= lengths[n]), len(free))
+        if r == len(free):
+            free.append(width)
+        base[n] = r * width + width - free[r]
+        free[r] -= lengths[n]
+    R = len(free)
+    rows, cols = attention_mask_NT.nonzero(as_tuple=True)  # (M,) real tokens, row-major
+    rank_M = positions_from_mask(attention_mask_NT)[rows, cols]  # (M,) index within its row
+    slot_M = torch.tensor(base, dtype=torch.long)[rows] + rank_M  # (M,)
+    ids = torch.full((R * width,), pad_id, dtype=tokens_NT.dtype).index_put_((slot_M,), tokens_NT[rows, cols])
+    docs = torch.full((R * width,), -1, dtype=torch.long).index_put_((slot_M,), rows)
+    real = torch.zeros(R * width, dtype=torch.bool).index_put_((slot_M,), torch.ones_like(slot_M, dtype=torch.bool))
+    return Packing(ids.view(R, width), docs.view(R, width), real.view(R, width), (rows, cols), slot_M, rank_M == 0)
+
+
+def _unpack(values_RW: torch.Tensor, pk: Packing, shape: tuple[int, int]) -> torch.Tensor:
+    """Per-token values of a packed batch (R, W) back into the padded (N, T) layout, 0 at each
+    row's first token and at padding."""
+    vals_M = values_RW.reshape(-1)[pk.slot_M].masked_fill(pk.first_M, 0.0)  # (M,)
+    return values_RW.new_zeros(shape).index_put(pk.src_M, vals_M)  # (N, T)
+
+
+def _packed_forward(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, logits: bool = True):
+    # Packed rows as wide as the padded batch: no position beyond what the padded pass uses.
+    pk = pack_rows(tokens, attention_mask, tokens.shape[1], pad_id=0)
+    return pk, model(pk.ids_RW, token_mask_BT=pk.real_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW)
+
+
+def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float, chunk: int = 0,
+                    pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-prob of every token given its prefix (N, T) with 0 at t=0, MoE aux loss) in one
     forward pass that takes gradients: the training side of the sampler. ``chunk > 0`` computes
-    them ``chunk`` tokens at a time (``r1lab.logprobs``): O(chunk x V) memory, not O(N x T x V)."""
+    them ``chunk`` tokens at a time (``r1lab.logprobs``): O(chunk x V) memory, not O(N x T x V).
+    ``pack`` runs the pass on the rows' real tokens packed into dense rows (``pack_rows``): no
+    FLOPs on padding, the same log-probs at real tokens up to float rounding, 0 at padding."""
+    if pack:
+        pk, out = _packed_forward(model, tokens, attention_mask, logits=chunk == 0)
+        ids = pk.ids_RW
+        if chunk > 0:
+            logp = token_logprobs(out.normed_BTD[:, :-1], model.head_weight(), ids[:, 1:], temperature, chunk)  # (R, W-1)
+        else:
+            logp = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (R, W-1)
+        return _unpack(F.pad(logp, (1, 0)), pk, tokens.shape), out.aux_loss
     if chunk > 0:
         out = model(tokens, positions_from_mask(attention_mask), attention_mask, logits=False)
         logp = token_logprobs(out.normed_BTD[:, :-1], model.head_weight(), tokens[:, 1:], temperature, chunk)  # (N, T-1)
@@ -208,9 +270,16 @@ def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: to
     return F.pad(logp, (1, 0)), out.aux_loss
 
 
-def policy_logprobs_entropy(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def policy_logprobs_entropy(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
+                            pack: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``policy_logprobs`` plus the entropy (N, T) of each position's temperature-scaled
     distribution (0 at t=0), with gradients: for an entropy bonus."""
+    if pack:
+        pk, out = _packed_forward(model, tokens, attention_mask)
+        logp_all = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1)  # (R, W-1, V)
+        logp = logp_all.gather(-1, pk.ids_RW[:, 1:, None]).squeeze(-1)  # (R, W-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (R, W-1)
+        return _unpack(F.pad(logp, (1, 0)), pk, tokens.shape), _unpack(F.pad(entropy, (1, 0)), pk, tokens.shape), out.aux_loss
     out = model(tokens, positions_from_mask(attention_mask), attention_mask)
     logp_all = F.log_softmax(out.logits_BTV[:, :-1].float() / temperature, dim=-1)  # (N, T-1, V)
     logp = logp_all.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (N, T-1)

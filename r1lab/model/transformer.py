@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1lab.config import ModelConfig
-from r1lab.model.layers import RMSNorm, apply_rope, rope_tables
+from r1lab.model.layers import RMSNorm, apply_rope, rope_tables, take_rows
 from r1lab.model.mla import LatentCache, MLAttention
 from r1lab.model.moe import MoE, SwiGLU
 
@@ -49,8 +49,10 @@ class KVCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (in that order, repeats allowed): finished rows leave the
-        decode batch, a prefilled prompt is copied to its group."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        decode batch, a prefilled prompt is copied to its group. Only the ``length`` filled slots
+        are copied (slots past it are written before they are read), in place when the batch
+        does not grow."""
+        self.k, self.v = (take_rows(x, rows, self.length, slot_dim=3) for x in (self.k, self.v))
 
     def bytes_per_token(self) -> int:
         """Cache bytes per token over all layers (keys and values)."""
