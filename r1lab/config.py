@@ -253,8 +253,8 @@ class RLConfig:
     "hybrid: advantage = process_weight x process advantage + (1 - process_weight) x outcome advantage"
     prm: str = ""
     "process reward model (an `r1lab prm train` run or checkpoint folder) scoring each step; empty: the task's exact step checks (an oracle PRM, steps cut at prm.marker)"
-    pack: bool = False
-    "trainer passes on the rows' real tokens packed end to end into dense rows (block-diagonal attention): no FLOPs on padding, the same log-probs up to float rounding"
+    pack: bool = True
+    "trainer passes on the rows' real tokens packed end to end into dense rows (block-diagonal attention): no FLOPs on padding, the same log-probs up to float rounding; False pads every row to the batch's width"
 
 
 @dataclass

@@ -201,6 +201,7 @@ class Packing:
 
     ids_RW: torch.Tensor  # (R, W) token ids, pad_id in the unused tail of a row
     doc_ids_RW: torch.Tensor  # (R, W) the source row of each token, -1 on the unused tail
+    positions_RW: torch.Tensor  # (R, W) position of each token within its row (as the padded pass), 0 on the tail
     real_RW: torch.Tensor  # (R, W) bool, a real token
     src_M: tuple[torch.Tensor, torch.Tensor]  # (row, column) in the padded batch of each real token (M,)
     slot_M: torch.Tensor  # (M,) its flat index into the packed (R * W) batch
@@ -229,7 +230,8 @@ def pack_rows(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, width: i
     ids = torch.full((R * width,), pad_id, dtype=tokens_NT.dtype).index_put_((slot_M,), tokens_NT[rows, cols])
     docs = torch.full((R * width,), -1, dtype=torch.long).index_put_((slot_M,), rows)
     real = torch.zeros(R * width, dtype=torch.bool).index_put_((slot_M,), torch.ones_like(slot_M, dtype=torch.bool))
-    return Packing(ids.view(R, width), docs.view(R, width), real.view(R, width), (rows, cols), slot_M, rank_M == 0)
+    pos = torch.zeros(R * width, dtype=torch.long).index_put_((slot_M,), rank_M)
+    return Packing(ids.view(R, width), docs.view(R, width), pos.view(R, width), real.view(R, width), (rows, cols), slot_M, rank_M == 0)
 
 
 def _unpack(values_RW: torch.Tensor, pk: Packing, shape: tuple[int, int]) -> torch.Tensor:
@@ -240,9 +242,10 @@ def _unpack(values_RW: torch.Tensor, pk: Packing, shape: tuple[int, int]) -> tor
 
 
 def _packed_forward(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, logits: bool = True):
-    # Packed rows as wide as the padded batch: no position beyond what the padded pass uses.
-    pk = pack_rows(tokens, attention_mask, tokens.shape[1], pad_id=0)
-    return pk, model(pk.ids_RW, token_mask_BT=pk.real_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW)
+    # Rows twice as wide as the padded batch: two typical rows fit in one (measured faster than
+    # 1x, 3x or a fixed 256 on the zero defaults), attention over 2T keys stays cheap.
+    pk = pack_rows(tokens, attention_mask, 2 * tokens.shape[1], pad_id=0)
+    return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.real_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW)
 
 
 def policy_logprobs(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, temperature: float, chunk: int = 0,

@@ -39,8 +39,11 @@ def test_pack_rows_places_every_real_token_once_and_fills_few_rows():
     assert torch.equal(pk.ids_RW[0], tokens[1])  # the longest row first, alone
     assert pk.ids_RW[1].tolist() == [1, 2, 3, 14, 15, -7]  # then rows 0 and 2; row 3 no longer fits there
     assert pk.doc_ids_RW[1].tolist() == [0, 0, 0, 2, 2, -1]
+    assert pk.positions_RW[1].tolist() == [0, 1, 2, 0, 1, 0]  # positions restart per row, as in the padded pass
     assert pk.ids_RW[2].tolist() == [19, 20, -7, -7, -7, -7]
     assert pk.first_M.sum() == 4  # one first token per row: it has no prefix
+    wide = pack_rows(tokens, mask, 300, pad_id=0)  # wider than any model: the tail's positions stay 0
+    assert wide.ids_RW.shape == (1, 300) and int(wide.positions_RW.max()) == 5
     with pytest.raises(ValueError, match="does not fit"):
         pack_rows(tokens, mask, 5, pad_id=0)
 
