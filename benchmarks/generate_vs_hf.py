@@ -19,36 +19,14 @@ import json
 import random
 
 import torch
-import torch.nn.functional as F
 
 from qwen2_copy import BENCH_MODEL, check, to_qwen2
 from r1lab.config import SampleConfig
 from r1lab.model.transformer import Transformer
-from r1lab.rollout import left_pad, positions_from_mask, sample
+from r1lab.rollout import left_pad, plain_sample, sample
 from r1lab.tasks import get_task
 from r1lab.tokenizer import CharTokenizer
 from timing import median_s
-
-
-@torch.no_grad()
-def plain_sample(model, prompts, cfg, eos_id, pad_id, gen):
-    """r1lab's first sampler: a prefill per row, one budget, every row until the longest ends."""
-    ids, mask = left_pad(prompts, pad_id)
-    N, P = ids.shape
-    budget = min(cfg.max_new_tokens, model.cfg.max_seq_len - P)
-    cache = model.new_cache(N, P + budget)
-    logits = model(ids, positions_from_mask(mask), mask, cache).logits_BTV[:, -1]
-    next_pos, alive, toks = mask.sum(-1), torch.ones(N, dtype=torch.bool), []
-    for _ in range(budget):
-        token = torch.multinomial(F.softmax(logits.float() / cfg.temperature, dim=-1), 1, generator=gen).squeeze(-1)
-        toks.append(torch.where(alive, token, torch.full_like(token, pad_id)))
-        mask = torch.cat([mask, alive[:, None]], dim=1)
-        alive = alive & (token != eos_id)
-        if not alive.any() or len(toks) == budget:
-            break
-        logits = model(toks[-1][:, None], next_pos[:, None], mask, cache).logits_BTV[:, -1]
-        next_pos = next_pos + 1
-    return torch.cat([ids, torch.stack(toks, 1)], dim=1)
 
 
 def main() -> None:

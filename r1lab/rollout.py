@@ -166,6 +166,39 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     return _fit(ro, max_len)
 
 
+@torch.inference_mode()
+def _plain_sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator) -> torch.Tensor:
+    ids, mask = left_pad(prompts, pad_id)
+    N, P = ids.shape
+    budget = min(cfg.max_new_tokens, model.cfg.max_seq_len - P)
+    cache = model.new_cache(N, P + budget)
+    logits = model(ids, positions_from_mask(mask), mask, cache).logits_BTV[:, -1]  # (N, V)
+    next_pos, alive, toks = mask.sum(-1), torch.ones(N, dtype=torch.bool), []
+    for _ in range(budget):
+        token = torch.multinomial(F.softmax(logits.float() / cfg.temperature, dim=-1), 1, generator=gen).squeeze(-1)  # (N,)
+        toks.append(torch.where(alive, token, torch.full_like(token, pad_id)))
+        mask = torch.cat([mask, alive[:, None]], dim=1)
+        alive = alive & (token != eos_id)
+        if not alive.any() or len(toks) == budget:
+            break
+        logits = model(toks[-1][:, None], next_pos[:, None], mask, cache).logits_BTV[:, -1]
+        next_pos = next_pos + 1
+    return torch.cat([ids, torch.stack(toks, 1)], dim=1)  # (N, P + C)
+
+
+def plain_sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator) -> torch.Tensor:
+    """The reference ``sample`` is tested and benchmarked against (r1lab's first sampler): every
+    row (a prompt copy) prefilled on its own, one token budget for the batch (the longest
+    prompt's), every row decoding until the last one ends; temperature only. Returns the token
+    ids (N, P + C), left-padded prompts then completions, ``pad_id`` after eos. ``sample`` with
+    ``repeats`` draws the same tokens from the same generator (tests/test_rollout.py)."""
+    was_training = model.training
+    model.eval()
+    out = _plain_sample(model, prompts, cfg, eos_id, pad_id, gen).clone()
+    model.train(was_training)
+    return out
+
+
 def _fit(ro: Rollout, max_len: int) -> Rollout:
     """``ro`` narrowed to ``max_len`` columns when wider: each row shifts left by up to the excess,
     within its own left padding (every row's real tokens fit, by its budget)."""
