@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer against r1lab's GRPO on identical work, in one run.
 
-    python benchmarks/grpo_vs_trl.py [--threads 2] [--steps 5] [--trl-configs default,no_ckpt] [--r1lab-configs default,no_pack]
+    python benchmarks/grpo_vs_trl.py [--threads 2] [--steps 5] [--trl-configs default,no_ckpt] [--r1lab-configs default,no_share,no_pack]
 
 The work (issue 12): a Qwen2-architecture dense model (hidden 256, 4 layers, 4 heads, 4 KV heads,
 intermediate 768, tied embeddings, r1lab's character vocabulary) with the same initial weights on
@@ -14,8 +14,10 @@ r1lab's step broken down (prefill, decode, scoring, forward/backward, optimizer)
 FLOP floor: 2N FLOPs per prompt token (prefilled once per prompt) and per sampled token, plus 6N
 per token of every trained row (prompt and completion, unpadded), over the best fp32 matmul rate
 this script measures on the step's own shapes, best of 7 trials each (N = matmul parameters, the
-tied output head included). r1lab runs at its defaults (packed trainer rows) and, with
-``no_pack``, with padded trainer rows (``rl.pack false``). TRL is run as a new user
+tied output head included; the floor counts every row's prompt, as TRL trains it). r1lab runs at
+its defaults (packed trainer rows, a group's prompt run once), with ``no_share`` (packed rows, the
+prompt in every row: ``rl.share_prompt false``) and with ``no_pack`` (padded rows, as TRL:
+``rl.pack false``). TRL is run as a new user
 would (its defaults, gradient checkpointing on) and, with ``no_ckpt``, without gradient
 checkpointing. Last line: one JSON object, ratios first (``speedup_vs_trl`` against TRL's defaults).
 """
@@ -71,10 +73,10 @@ def matmul_rates(threads: int, trials: int = 7) -> dict[tuple[int, int, int], fl
     return rates
 
 
-def run_r1lab(init_dir: Path, out: Path, steps: int, threads: int, pack: bool = True) -> list[dict]:
+def run_r1lab(init_dir: Path, out: Path, steps: int, threads: int, pack: bool = True, share_prompt: bool = True) -> list[dict]:
     cfg = Config(task="chain", model=BENCH_MODEL, threads=threads, tensorboard=False, save_every=10_000, seed=0,
                  rl=RLConfig(steps=steps, prompts_per_step=PROMPTS, group_size=GROUP, lr=LR, warmup_steps=1, eval_every=0,
-                             kl_coef=0.0, updates_per_batch=1, pack=pack, sample=SampleConfig(temperature=1.0, max_new_tokens=NEW_TOKENS)))
+                             kl_coef=0.0, updates_per_batch=1, pack=pack, share_prompt=share_prompt, sample=SampleConfig(temperature=1.0, max_new_tokens=NEW_TOKENS)))
     rl_recipe.run(cfg, out, init_dir)
     return read_metrics(out / "metrics.jsonl")
 
@@ -127,7 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="steps per side; the first is warm-up")
     ap.add_argument("--trl-configs", default="default,no_ckpt", help="comma list of: default (TRL's defaults), no_ckpt (no gradient checkpointing)")
-    ap.add_argument("--r1lab-configs", default="default,no_pack", help="comma list of: default (r1lab's defaults), no_pack (rl.pack false: padded trainer rows)")
+    ap.add_argument("--r1lab-configs", default="default,no_share,no_pack",
+                    help="comma list of: default (r1lab's defaults), no_share (rl.share_prompt false: packed rows, a prompt per row), no_pack (rl.pack false: padded trainer rows)")
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     tok = CharTokenizer.build()
@@ -143,7 +146,7 @@ def main() -> None:
         cpu = {}  # process CPU seconds per step of each run, setup and warm-up included: robust to a shared machine
         for name in filter(None, args.r1lab_configs.split(",")):
             c = time.process_time()
-            r1[name] = run_r1lab(init, tmp / f"r1lab-{name}", args.steps, args.threads, pack=(name != "no_pack"))
+            r1[name] = run_r1lab(init, tmp / f"r1lab-{name}", args.steps, args.threads, pack=(name != "no_pack"), share_prompt=(name == "default"))
             cpu[f"r1lab_{name}"] = (time.process_time() - c) / args.steps
         trl = {}
         for name in filter(None, args.trl_configs.split(",")):
