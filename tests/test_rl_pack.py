@@ -116,3 +116,15 @@ def test_packed_update_has_the_padded_loss_and_gradients(kind, entropy_coef, sha
     assert stats_a["clip_low"] + stats_a["clip_high"] > 0  # the clip is exercised, and agrees
     for key in stats_a:
         assert stats_b[key] == pytest.approx(stats_a[key], rel=1e-4, abs=1e-6)
+
+
+def test_an_explicit_mask_is_for_training_passes_only():
+    model, ro, _ = rollout_of("gqa")
+    ids = ro.tokens[:1, :5]
+    mask = torch.ones(1, 5, 5, dtype=torch.bool).tril()
+    with pytest.raises(ValueError, match="mask_BTT"):
+        model(ids, mask_BTT=mask)  # no positions
+    with pytest.raises(ValueError, match="mask_BTT"):
+        model(ids, torch.arange(5)[None], cache=model.new_cache(1), mask_BTT=mask)
+    # With positions 0..4 and a causal mask it is the plain causal pass.
+    torch.testing.assert_close(model(ids, torch.arange(5)[None], mask_BTT=mask).logits_BTV, model(ids).logits_BTV, rtol=0, atol=1e-5)
