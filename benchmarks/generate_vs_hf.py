@@ -19,36 +19,14 @@ import json
 import random
 
 import torch
-import torch.nn.functional as F
 
 from qwen2_copy import BENCH_MODEL, check, to_qwen2
 from r1lab.config import SampleConfig
 from r1lab.model.transformer import Transformer
-from r1lab.rollout import left_pad, positions_from_mask, sample
+from r1lab.rollout import left_pad, plain_sample, sample
 from r1lab.tasks import get_task
 from r1lab.tokenizer import CharTokenizer
-from timing import median_s
-
-
-@torch.no_grad()
-def plain_sample(model, prompts, cfg, eos_id, pad_id, gen):
-    """r1lab's first sampler: a prefill per row, one budget, every row until the longest ends."""
-    ids, mask = left_pad(prompts, pad_id)
-    N, P = ids.shape
-    budget = min(cfg.max_new_tokens, model.cfg.max_seq_len - P)
-    cache = model.new_cache(N, P + budget)
-    logits = model(ids, positions_from_mask(mask), mask, cache).logits_BTV[:, -1]
-    next_pos, alive, toks = mask.sum(-1), torch.ones(N, dtype=torch.bool), []
-    for _ in range(budget):
-        token = torch.multinomial(F.softmax(logits.float() / cfg.temperature, dim=-1), 1, generator=gen).squeeze(-1)
-        toks.append(torch.where(alive, token, torch.full_like(token, pad_id)))
-        mask = torch.cat([mask, alive[:, None]], dim=1)
-        alive = alive & (token != eos_id)
-        if not alive.any() or len(toks) == budget:
-            break
-        logits = model(toks[-1][:, None], next_pos[:, None], mask, cache).logits_BTV[:, -1]
-        next_pos = next_pos + 1
-    return torch.cat([ids, torch.stack(toks, 1)], dim=1)
+from timing import medians_interleaved
 
 
 def main() -> None:
@@ -88,9 +66,8 @@ def main() -> None:
                           max_new_tokens=args.new, min_new_tokens=args.new, pad_token_id=tok.pad_id, eos_token_id=None)
         assert out.shape[1] == ids.shape[1] + args.new
 
-    t_hf = median_s(hf_generate, args.repeats)
-    t_rows = median_s(r1lab_rows, args.repeats)
-    t_grouped = median_s(r1lab_grouped, args.repeats)
+    t = medians_interleaved({"hf": hf_generate, "rows": r1lab_rows, "grouped": r1lab_grouped}, args.repeats)
+    t_hf, t_rows, t_grouped = t["hf"], t["rows"], t["grouped"]
     n_new = len(rows) * args.new
 
     # Part 2: an RL batch of varied lengths. Scale eos's (tied) embedding so that rows end early.
@@ -101,8 +78,10 @@ def main() -> None:
     ro = sample(rl_model, prompts, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), repeats=args.group)
     same = torch.equal(plain_sample(rl_model, rows, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0))[:, : ro.tokens.shape[1]], ro.tokens)
     lengths = ro.completion_lengths.float()
-    t_plain = median_s(lambda: plain_sample(rl_model, rows, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0)), args.repeats)
-    t_new = median_s(lambda: sample(rl_model, prompts, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), repeats=args.group), args.repeats)
+    t = medians_interleaved({"plain": lambda: plain_sample(rl_model, rows, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0)),
+                             "new": lambda: sample(rl_model, prompts, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), repeats=args.group)},
+                            args.repeats)
+    t_plain, t_new = t["plain"], t["new"]
 
     table = [
         ("hf generate (equal work)", t_hf, n_new / t_hf),
@@ -111,7 +90,7 @@ def main() -> None:
         (f"RL batch, plain sampler (len mean {lengths.mean():.1f}, max {lengths.max():.0f})", t_plain, lengths.sum().item() / t_plain),
         ("RL batch, r1lab sampler (grouped prefill, drops finished rows)", t_new, lengths.sum().item() / t_new),
     ]
-    print(f"{len(rows)} rows ({args.prompts} prompts x {args.group}), {args.new} new tokens, threads {args.threads}, median of {args.repeats}")
+    print(f"{len(rows)} rows ({args.prompts} prompts x {args.group}), {args.new} new tokens, threads {args.threads}, median of {args.repeats} (sides timed in turns)")
     print(f"{'':68s} {'seconds':>8s} {'tokens/s':>9s}")
     for name, t, tps in table:
         print(f"{name:68s} {t:8.3f} {tps:9.0f}")

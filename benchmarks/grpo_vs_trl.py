@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer against r1lab's GRPO on identical work, in one run.
 
-    python benchmarks/grpo_vs_trl.py [--threads 2] [--steps 5] [--trl-configs default,no_ckpt]
+    python benchmarks/grpo_vs_trl.py [--threads 2] [--steps 5] [--trl-configs default,no_ckpt] [--r1lab-configs default,no_share,no_pack]
 
 The work (issue 12): a Qwen2-architecture dense model (hidden 256, 4 layers, 4 heads, 4 KV heads,
 intermediate 768, tied embeddings, r1lab's character vocabulary) with the same initial weights on
@@ -12,8 +12,12 @@ R1 rewards (TRL's reward function decodes the completion ids with r1lab's tokeni
 Printed: seconds per step (median over steps after the first), completion tokens per second,
 r1lab's step broken down (prefill, decode, scoring, forward/backward, optimizer), and the step's
 FLOP floor: 2N FLOPs per prompt token (prefilled once per prompt) and per sampled token, plus 6N
-per token of every trained row (prompt and completion, unpadded), over the fp32 matmul rate this
-script measures (N = matmul parameters, the tied output head included). TRL is run as a new user
+per token of every trained row (prompt and completion, unpadded), over the best fp32 matmul rate
+this script measures on the step's own shapes, best of 7 trials each (N = matmul parameters, the
+tied output head included; the floor counts every row's prompt, as TRL trains it). r1lab runs at
+its defaults (packed trainer rows, a group's prompt run once), with ``no_share`` (packed rows, the
+prompt in every row: ``rl.share_prompt false``) and with ``no_pack`` (padded rows, as TRL:
+``rl.pack false``). TRL is run as a new user
 would (its defaults, gradient checkpointing on) and, with ``no_ckpt``, without gradient
 checkpointing. Last line: one JSON object, ratios first (``speedup_vs_trl`` against TRL's defaults).
 """
@@ -45,26 +49,34 @@ from r1lab.tracking import read_metrics
 PROMPTS, GROUP, NEW_TOKENS, LR = 8, 8, 48, 1e-5
 
 
-def matmul_rate(threads: int) -> float:
-    """Best fp32 matmul FLOP/s over the shapes of this model's step."""
+MATMUL_SHAPES = ((4096, 256, 768), (4096, 768, 256), (4096, 256, 256), (64, 256, 768), (64, 768, 256))
+"(M, K, N) of the step's matmuls: the trainer's (M = batch tokens) and one decoding step's (M = 64 rows)"
+
+
+def matmul_rates(threads: int, trials: int = 7) -> dict[tuple[int, int, int], float]:
+    """Best fp32 matmul FLOP/s of each shape over ``trials`` timings of ~20 ms each: the best trial
+    is the machine's rate (a shared machine only ever slows a trial down)."""
     torch.set_num_threads(threads)
-    best = 0.0
-    for m, k, n in ((4096, 256, 768), (4096, 768, 256), (4096, 256, 256), (512, 256, 768)):
+    rates = {}
+    for m, k, n in MATMUL_SHAPES:
         a, b = torch.randn(m, k), torch.randn(k, n)
+        reps = max(1, int(2e9 / (2 * m * k * n)))  # ~2 GFLOP a trial
         for _ in range(3):
             a @ b
-        reps = 20
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t))
-    return best
+        best = 0.0
+        for _ in range(trials):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t))
+        rates[(m, k, n)] = best
+    return rates
 
 
-def run_r1lab(init_dir: Path, out: Path, steps: int, threads: int) -> list[dict]:
+def run_r1lab(init_dir: Path, out: Path, steps: int, threads: int, pack: bool = True, share_prompt: bool = True) -> list[dict]:
     cfg = Config(task="chain", model=BENCH_MODEL, threads=threads, tensorboard=False, save_every=10_000, seed=0,
                  rl=RLConfig(steps=steps, prompts_per_step=PROMPTS, group_size=GROUP, lr=LR, warmup_steps=1, eval_every=0,
-                             kl_coef=0.0, updates_per_batch=1, sample=SampleConfig(temperature=1.0, max_new_tokens=NEW_TOKENS)))
+                             kl_coef=0.0, updates_per_batch=1, pack=pack, share_prompt=share_prompt, sample=SampleConfig(temperature=1.0, max_new_tokens=NEW_TOKENS)))
     rl_recipe.run(cfg, out, init_dir)
     return read_metrics(out / "metrics.jsonl")
 
@@ -117,6 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="steps per side; the first is warm-up")
     ap.add_argument("--trl-configs", default="default,no_ckpt", help="comma list of: default (TRL's defaults), no_ckpt (no gradient checkpointing)")
+    ap.add_argument("--r1lab-configs", default="default,no_share,no_pack",
+                    help="comma list of: default (r1lab's defaults), no_share (rl.share_prompt false: packed rows, a prompt per row), no_pack (rl.pack false: padded trainer rows)")
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     tok = CharTokenizer.build()
@@ -125,19 +139,28 @@ def main() -> None:
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)  # every Linear + the tied head
     assert check(model, to_qwen2(model), tok.prompt_ids("1+2")) < 1e-4
 
+    r1 = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         init = checkpoint.save(tmp / "init", 0, model, state=common.model_state(model))
-        rows = run_r1lab(init, tmp / "r1lab", args.steps, args.threads)
+        cpu = {}  # process CPU seconds per step of each run, setup and warm-up included: robust to a shared machine
+        for name in filter(None, args.r1lab_configs.split(",")):
+            c = time.process_time()
+            r1[name] = run_r1lab(init, tmp / f"r1lab-{name}", args.steps, args.threads, pack=(name != "no_pack"), share_prompt=(name == "default"))
+            cpu[f"r1lab_{name}"] = (time.process_time() - c) / args.steps
         trl = {}
-        for name in args.trl_configs.split(","):
+        for name in filter(None, args.trl_configs.split(",")):
+            c = time.process_time()
             trl[name] = run_trl(model, tok, tmp / f"trl-{name}", args.steps, args.threads, grad_ckpt=(name == "default"))
-    rate = matmul_rate(args.threads)
+            cpu[f"trl_{name}"] = (time.process_time() - c) / args.steps
+    rates = matmul_rates(args.threads)
+    rate = max(rates.values())
 
+    rows = r1["default"] if "default" in r1 else next(iter(r1.values()))
+    med = lambda key, rs=rows: statistics.median(r[key] for r in rs[1:])  # noqa: E731
     # r1lab: wall time between logged steps (the first step's includes nothing before it: skip it).
-    walls = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])]
-    step_s = statistics.median(walls)
-    med = lambda key: statistics.median(r[key] for r in rows[1:])  # noqa: E731
+    step_of = lambda rs: statistics.median(b["time"] - a["time"] for a, b in zip(rs, rs[1:]))  # noqa: E731
+    step_s = step_of(rows)
     # FLOP floor of an r1lab step: its prompts (same data stream as the run) and its lengths.
     task, data_rng = get_task("chain"), random.Random(0)
     floors = []
@@ -147,28 +170,40 @@ def main() -> None:
         flops = 2 * n_matmul * (sum(prompt_lens) + completion) + 6 * n_matmul * (GROUP * sum(prompt_lens) + completion)
         floors.append(flops / rate)
     floor_s = statistics.median(floors[1:])
-    r1_tps = med("rollout/mean_len") * PROMPTS * GROUP / step_s
 
     print(f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens, threads {args.threads}, median of steps 2..{args.steps}")
-    print(f"model: Qwen2 architecture 4 x 256, {n_matmul / 1e6:.2f} M matmul parameters; fp32 matmul rate {rate / 1e9:.0f} GFLOP/s")
-    print(f"{'':34s} {'s/step':>8s} {'completion tok/s':>17s} {'mean len':>9s}")
-    print(f"{'r1lab GRPO':34s} {step_s:8.3f} {r1_tps:17.0f} {med('rollout/mean_len'):9.1f}")
+    print(f"model: Qwen2 architecture 4 x 256, {n_matmul / 1e6:.2f} M matmul parameters")
+    print("fp32 matmul GFLOP/s (best of 7 trials), M x K x N: " + ", ".join(f"{m}x{k}x{n} {v / 1e9:.0f}" for (m, k, n), v in rates.items()))
+    print(f"{'':34s} {'s/step':>8s} {'completion tok/s':>17s} {'mean len':>9s} {'CPU s/step':>11s}")
+    r1_steps = {}
+    for name, rs in r1.items():
+        r1_steps[name] = step_of(rs)
+        label = "r1lab GRPO" + ("" if name == "default" else f" ({name})")
+        print(f"{label:34s} {r1_steps[name]:8.3f} {med('rollout/mean_len', rs) * PROMPTS * GROUP / r1_steps[name]:17.0f} {med('rollout/mean_len', rs):9.1f}"
+              f" {cpu[f'r1lab_{name}']:11.3f}")
     out = {}
     for name, (times, lengths) in trl.items():
         t = statistics.median(times[1:])
         mean_len = statistics.median(lengths[1:]) if len(lengths) > 1 else float("nan")
-        print(f"{'TRL GRPOTrainer (' + name + ')':34s} {t:8.3f} {mean_len * PROMPTS * GROUP / t:17.0f} {mean_len:9.1f}")
+        print(f"{'TRL GRPOTrainer (' + name + ')':34s} {t:8.3f} {mean_len * PROMPTS * GROUP / t:17.0f} {mean_len:9.1f} {cpu[f'trl_{name}']:11.3f}")
         out[name] = t
-    print("r1lab step breakdown (median s): " + ", ".join(f"{k.split('/')[1][:-2]} {med(k):.3f}" for k in
-          ("time/prefill_s", "time/decode_s", "time/score_s", "time/forward_backward_s", "time/optimizer_s")))
-    print(f"FLOP floor of the step: {floor_s:.3f} s; r1lab step / floor {step_s / floor_s:.2f}")
-    result = {"speedup_vs_trl": round(out["default"] / step_s, 2) if "default" in out else None,
+    for name, rs in r1.items():
+        print(f"r1lab step breakdown ({name}, median s): " + ", ".join(f"{k.split('/')[1][:-2]} {med(k, rs):.3f}" for k in
+              ("time/prefill_s", "time/decode_s", "time/score_s", "time/forward_backward_s", "time/optimizer_s")))
+    print(f"FLOP floor of the step at {rate / 1e9:.0f} GFLOP/s: {floor_s:.3f} s; r1lab step / floor {step_s / floor_s:.2f}")
+    if "default" in out:
+        print(f"3x TRL's default step is {out['default'] / 3:.3f} s = {out['default'] / 3 / floor_s:.2f} x the floor")
+    cpu_ratio = round(cpu["trl_default"] / cpu["r1lab_default"], 2) if "trl_default" in cpu and "r1lab_default" in cpu else None
+    print("CPU s/step: process CPU time of each whole run (both threads, setup and the warm-up step included) over its steps")
+    result = {"speedup_vs_trl": round(out["default"] / step_s, 2) if "default" in out else None, "cpu_speedup_vs_trl": cpu_ratio,
               "speedup_vs_trl_no_ckpt": round(out["no_ckpt"] / step_s, 2) if "no_ckpt" in out else None,
               "step_over_floor": round(step_s / floor_s, 2), "r1lab_step_s": round(step_s, 4),
+              **{f"r1lab_{k}_step_s": round(v, 4) for k, v in r1_steps.items() if k != "default"},
               **{f"trl_{k}_step_s": round(v, 4) for k, v in out.items()}, "floor_s": round(floor_s, 4),
               "matmul_gflops": round(rate / 1e9, 1), "prefill_s": round(med("time/prefill_s"), 4), "decode_s": round(med("time/decode_s"), 4),
               "score_s": round(med("time/score_s"), 4), "forward_backward_s": round(med("time/forward_backward_s"), 4),
-              "optimizer_s": round(med("time/optimizer_s"), 4), "threads": args.threads, "steps": args.steps}
+              "optimizer_s": round(med("time/optimizer_s"), 4), **{f"cpu_{k}_step_s": round(v, 4) for k, v in cpu.items()},
+              "threads": args.threads, "steps": args.steps}
     print(json.dumps(result))
 
 

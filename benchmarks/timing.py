@@ -18,3 +18,17 @@ def median_s(fn: Callable[[], object], repeats: int, clock: Callable[[], float] 
         fn()
         times.append(clock() - t)
     return statistics.median(times)
+
+
+def medians_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """``median_s`` of several functions, timed in turns (one warm-up each, then each repeat runs
+    every function once), so that a load change on a shared machine hits all sides alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}

@@ -255,6 +255,10 @@ class RLConfig:
     "hybrid: advantage = process_weight x process advantage + (1 - process_weight) x outcome advantage"
     prm: str = ""
     "process reward model (an `r1lab prm train` run or checkpoint folder) scoring each step; empty: the task's exact step checks (an oracle PRM, steps cut at prm.marker)"
+    pack: bool = True
+    "trainer passes on the rows' real tokens packed end to end into dense rows (block-diagonal attention): no FLOPs on padding, the same log-probs up to float rounding; False pads every row to the batch's width"
+    share_prompt: bool = True
+    "with pack: rows with the same prompt (a group) share one copy of it in the trainer's pass, each completion attending to it and to itself: the prompt runs once, not G times; same log-probs and gradients"
 
 
 @dataclass

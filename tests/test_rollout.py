@@ -2,36 +2,11 @@
 against the plain sampler they replaced: the same tokens from the same seed."""
 
 import torch
-import torch.nn.functional as F
 
 from r1lab.config import ModelConfig, SampleConfig
 from r1lab.model.transformer import Transformer
-from r1lab.rollout import left_pad, policy_logprobs, positions_from_mask, sample
+from r1lab.rollout import plain_sample, policy_logprobs, sample
 from r1lab.tokenizer import CharTokenizer
-
-
-@torch.no_grad()
-def plain_sample(model, prompts, cfg, eos_id, pad_id, gen):
-    """The first sampler: every row decodes until the last ends; one budget for the batch."""
-    ids, mask = left_pad(prompts, pad_id)
-    N, P = ids.shape
-    budget = min(cfg.max_new_tokens, model.cfg.max_seq_len - P)
-    cache = model.new_cache(N, P + budget)
-    logits = model(ids, positions_from_mask(mask), mask, cache).logits_BTV[:, -1]
-    next_pos = mask.sum(-1)
-    alive = torch.ones(N, dtype=torch.bool)
-    toks = []
-    for _ in range(budget):
-        probs = F.softmax(logits.float() / cfg.temperature, dim=-1)
-        token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-        toks.append(torch.where(alive, token, torch.full_like(token, pad_id)))
-        mask = torch.cat([mask, alive[:, None]], dim=1)
-        alive = alive & (token != eos_id)
-        if not alive.any() or len(toks) == budget:
-            break
-        logits = model(toks[-1][:, None], next_pos[:, None], mask, cache).logits_BTV[:, -1]
-        next_pos = next_pos + 1
-    return torch.cat([ids, torch.stack(toks, 1)], dim=1)
 
 
 def eos_happy_model(ffn, max_seq_len=96):

@@ -51,3 +51,16 @@ def apply_rope(x_BHTd: torch.Tensor, cos_BTd: torch.Tensor, sin_BTd: torch.Tenso
     x1, x2 = x_BHTd.chunk(2, dim=-1)
     cos, sin = cos_BTd[:, None], sin_BTd[:, None]  # broadcast over heads
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def take_rows(buf: torch.Tensor, rows: torch.Tensor, length: int, slot_dim: int) -> torch.Tensor:
+    """Rows ``rows`` of a cache buffer (layers, batch, ...) whose first ``length`` slots along
+    ``slot_dim`` are filled. Shrinking reuses the buffer (a view of its first rows); growing
+    allocates without zeroing. Either way only the filled slots are copied."""
+    filled = [slice(None)] * buf.dim()
+    filled[slot_dim] = slice(0, length)
+    n = len(rows)
+    src = buf[tuple(filled)][:, rows]  # (layers, n, ...) the filled slots, gathered before any write
+    out = buf[:, :n] if n <= buf.shape[1] else buf.new_empty((buf.shape[0], n, *buf.shape[2:]))
+    out[tuple(filled)] = src
+    return out

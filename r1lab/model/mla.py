@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1lab.config import ModelConfig
-from r1lab.model.layers import RMSNorm, apply_rope
+from r1lab.model.layers import RMSNorm, apply_rope, take_rows
 
 
 class LatentCache:
@@ -47,7 +47,7 @@ class LatentCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (in that order, repeats allowed), as ``KVCache.keep_rows``."""
-        self.latent, self.k_rope = self.latent[:, rows], self.k_rope[:, rows]
+        self.latent, self.k_rope = (take_rows(x, rows, self.length, slot_dim=2) for x in (self.latent, self.k_rope))
 
     def bytes_per_token(self) -> int:
         """Cache bytes per token over all layers."""

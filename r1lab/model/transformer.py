@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1lab.config import ModelConfig
-from r1lab.model.layers import RMSNorm, apply_rope, rope_tables
+from r1lab.model.layers import RMSNorm, apply_rope, rope_tables, take_rows
 from r1lab.model.mla import LatentCache, MLAttention
 from r1lab.model.moe import MoE, SwiGLU
 
@@ -49,8 +49,10 @@ class KVCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (in that order, repeats allowed): finished rows leave the
-        decode batch, a prefilled prompt is copied to its group."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        decode batch, a prefilled prompt is copied to its group. Only the ``length`` filled slots
+        are copied (slots past it are written before they are read), in place when the batch
+        does not grow."""
+        self.k, self.v = (take_rows(x, rows, self.length, slot_dim=3) for x in (self.k, self.v))
 
     def bytes_per_token(self) -> int:
         """Cache bytes per token over all layers (keys and values)."""
@@ -181,12 +183,16 @@ class Transformer(nn.Module):
         """The (V, D) output matrix: the embedding unless cfg.tie_embeddings is False."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache, doc_ids_BT=None):
+    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache, doc_ids_BT=None, mask_BTT=None):
         """RoPE tables at the positions, the (B, 1, T, S) boolean mask (None: plain causal), and
         the (B, T) real-token mask of the MoE statistics implied by ``key_mask_BS``. With
         ``doc_ids_BT`` (packed rows), the mask is block-diagonal causal and positions restart at
         every document."""
         past = cache.length if cache is not None else 0
+        if mask_BTT is not None:
+            if cache is not None or key_mask_BS is not None or positions_BT is None:
+                raise ValueError("mask_BTT (an explicit attention mask) is for training passes: positions, no cache, no key_mask_BS")
+            return self.rope_cos[positions_BT], self.rope_sin[positions_BT], mask_BTT[:, None], None  # mask (B, 1, T, T)
         if doc_ids_BT is not None:
             if cache is not None or key_mask_BS is not None:
                 raise ValueError("doc_ids_BT (packed documents) is for training passes: no cache, no key_mask_BS")
@@ -216,7 +222,7 @@ class Transformer(nn.Module):
 
     def forward(self, ids_BT: torch.Tensor | None, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
                 cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None, logits: bool = True,
-                doc_ids_BT: torch.Tensor | None = None, embeds_BTD: torch.Tensor | None = None) -> ModelOutput:
+                doc_ids_BT: torch.Tensor | None = None, embeds_BTD: torch.Tensor | None = None, mask_BTT: torch.Tensor | None = None) -> ModelOutput:
         """Logits for ``ids_BT``.
 
         Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
@@ -224,17 +230,20 @@ class Transformer(nn.Module):
         then be given too. Every query may always attend to itself, so a padding query (which
         would otherwise see no key at all) yields finite values instead of NaN.
         ``token_mask_BT`` marks the real tokens for the MoE balance losses and load statistics
-        when it cannot be read off ``key_mask_BS`` (pretraining's right padding). ``logits=False``
+        when it cannot be read off ``key_mask_BS`` (pretraining's right padding); as floats, it
+        weighs each token (a shared prompt's copy stands for several rows' prompts). ``logits=False``
         returns the normed hidden states (``normed_BTD``) instead of logits, for losses that apply
         the output matrix a slice at a time (``r1lab.logprobs``) so that (B, T, V) never exists.
         ``doc_ids_BT`` (B, T) packs several documents in a row (SFT): a token attends only to
         earlier tokens with its own document id, and positions restart at each document (unless
         given), so a packed row computes what each document alone would (``document_mask``).
         ``embeds_BTD`` (with ``ids_BT`` None) feeds input vectors instead of token ids: image
-        features and image-token embeddings of a multimodal model (``r1lab.janus``)."""
+        features and image-token embeddings of a multimodal model (``r1lab.janus``). ``mask_BTT``
+        (B, T, T) boolean, with ``positions_BT``: which keys each query sees, given outright (RL
+        rows packed with one copy of a prompt shared by its completions, ``r1lab.rollout``)."""
         B, T = ids_BT.shape if embeds_BTD is None else embeds_BTD.shape[:2]
         device = ids_BT.device if embeds_BTD is None else embeds_BTD.device
-        cos, sin, mask, token_mask = self._attention_inputs(B, T, device, positions_BT, key_mask_BS, cache, doc_ids_BT)
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, device, positions_BT, key_mask_BS, cache, doc_ids_BT, mask_BTT)
         if token_mask_BT is not None:
             token_mask = token_mask_BT
         x = self.embed(ids_BT) if embeds_BTD is None else embeds_BTD

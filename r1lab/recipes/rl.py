@@ -103,9 +103,11 @@ def backward_minibatch(policy, ro: rollout.Rollout, mb: torch.Tensor, loss_mask:
     for micro in _chunks(mb, r.micro_batch_size):
         rows = slice(None) if len(micro) == N else micro  # the whole batch: no copy
         if r.entropy_coef > 0:
-            logp, ent, aux = rollout.policy_logprobs_entropy(policy, ro.tokens[rows], ro.attention_mask[rows], r.sample.temperature)
+            logp, ent, aux = rollout.policy_logprobs_entropy(policy, ro.tokens[rows], ro.attention_mask[rows], r.sample.temperature, r.pack,
+                                                             ro.completion_mask[rows], r.share_prompt)
         else:
-            (logp, aux), ent = rollout.policy_logprobs(policy, ro.tokens[rows], ro.attention_mask[rows], r.sample.temperature, r.logprob_chunk), None
+            (logp, aux), ent = rollout.policy_logprobs(policy, ro.tokens[rows], ro.attention_mask[rows], r.sample.temperature, r.logprob_chunk, r.pack,
+                                                       ro.completion_mask[rows], r.share_prompt), None
         mismatch.append((logp.detach() - ro.logprobs[rows])[ro.completion_mask[rows]].abs())
         kl_loss = ref_logp is not None and not r.kl_in_reward
         out = rl.policy_loss(logp, old_logp[rows], adv_N[rows], loss_mask[rows], r.clip_eps, ref_logp[rows] if kl_loss else None,
@@ -313,7 +315,7 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             if r.kl_coef > 0:
                 with torch.no_grad(), lora.disabled(policy):
                     ref_logp, _ = rollout.policy_logprobs(ref if ref is not None else policy, ro.tokens, ro.attention_mask,
-                                                          r.sample.temperature, r.logprob_chunk)
+                                                          r.sample.temperature, r.logprob_chunk, r.pack, ro.completion_mask, r.share_prompt)
                 if r.kl_in_reward:
                     kl_N = (rl.kl_estimate(ro.logprobs, ref_logp, r.kl_estimator) * ro.completion_mask).sum(-1)  # (N,)
                     parts["kl"] = -r.kl_coef * kl_N.cpu()
@@ -350,7 +352,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
             t2 = time.perf_counter()
             if r.tis_cap > 0:
                 with torch.no_grad():
-                    old_logp = torch.cat([rollout.policy_logprobs(policy, ro.tokens[m], ro.attention_mask[m], r.sample.temperature, r.logprob_chunk)[0]
+                    old_logp = torch.cat([rollout.policy_logprobs(policy, ro.tokens[m], ro.attention_mask[m], r.sample.temperature, r.logprob_chunk, r.pack,
+                                                                  ro.completion_mask[m], r.share_prompt)[0]
                                           for m in _chunks(torch.arange(N), r.micro_batch_size)])
                 is_weight = torch.exp(old_logp - ro.logprobs).clamp(max=r.tis_cap)  # (N, T)
                 mismatch = (old_logp - ro.logprobs)[ro.completion_mask].abs()
