@@ -6,6 +6,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +23,33 @@ def test_algorithms_quick_writes_its_folder(tmp_path, monkeypatch):
         rows = [json.loads(line) for line in (tmp_path / arm / "seed0" / "metrics.jsonl").read_text().splitlines()]
         assert ("rollout/groups_drawn_per_kept" in rows[0]) == (arm == "dapo")
         assert "eval/pass@1" in rows[-1]
+
+
+def run_experiment(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["algorithms.py", "--quick", *args])
+    runpy.run_path(str(ROOT / "experiments" / "algorithms.py"), run_name="__main__")
+
+
+@pytest.mark.slow  # three --quick runs, ~11 s on an idle core
+def test_algorithms_init_starts_every_arm_from_an_existing_base(tmp_path, monkeypatch, capsys):
+    from r1lab.recipes import common
+
+    run_experiment(monkeypatch, "--out", str(tmp_path / "a"), "--arms", "rloo")
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    run_experiment(monkeypatch, "--out", str(tmp_path / "b"), "--arms", "rloo", "--init", str(tmp_path / "a" / "base"))
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert not (tmp_path / "b" / "base").exists()  # nothing pretrained
+    assert second["init"] == str(common.resolve_checkpoint(tmp_path / "a" / "base").path) == first["init"]
+    assert second["base_pass@1"] == first["base_pass@1"]  # the same base, evaluated the same way
+    # The same seed from the same base trains the same run, and a finished run is read back, not rerun.
+    assert second["rows"][0]["pass@1 final"] == first["rows"][0]["pass@1 final"]
+    result = tmp_path / "b" / "rloo" / "seed0" / "result.json"
+    result.write_text(json.dumps({**json.loads(result.read_text()), "wall_s": 1234.0}))
+    run_experiment(monkeypatch, "--out", str(tmp_path / "b"), "--arms", "rloo", "--init", str(tmp_path / "a" / "base"))
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["rows"][0]["wall s"] == 1234.0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_experiment(monkeypatch, "--out", str(tmp_path / "c"), "--init", str(tmp_path / "nothing"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing" in err and "does not exist" in err
