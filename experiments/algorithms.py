@@ -62,6 +62,11 @@ def final_eval(ckpt: Path, task: str, eval_cfg: config_lib.EvalConfig, samples: 
     return (res.metrics["pass@1"], *lengths_by_outcome(samples))
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Each value averaged with the ``window - 1`` before it (fewer at the start)."""
+    return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
 def mean_or_none(values: list) -> float | None:
     got = [v for v in values if v is not None]
     return statistics.mean(got) if got else None
@@ -77,6 +82,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8, help="samples per prompt")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--gain", type=float, default=0.10, help="threshold = base pass@1 + gain")
+    ap.add_argument("--window", type=int, default=5, help="steps averaged in the rollouts' correct-rate curve (steps to the threshold, per step)")
     ap.add_argument("--task", default="chain", help="the RL task; with --init, the one the base was trained on")
     ap.add_argument("--init", default="", help="start every arm from this base (pretrain run, zero run or checkpoint folder) instead of pretraining one")
     ap.add_argument("--pretrain-steps", type=int, default=0, help="pretraining steps of the base model; 0 keeps the config default")
@@ -118,10 +124,10 @@ def main() -> None:
     base_pass, base_right, base_wrong = final_eval(base_ckpt, args.task, final_cfg, out / "base_samples.jsonl")
     threshold = base_pass + args.gain
 
-    pass_curves, len_curves, walls, rows = {}, {}, {}, []
+    pass_curves, len_curves, train_curves, walls, rows = {}, {}, {}, {}, []
     for arm in arms:
-        pass_curves[arm], len_curves[arm], walls[arm] = [], [], []
-        curve_finals, finals, lens, rights, wrongs, reached, drawn, cpus = [], [], [], [], [], [], [], []
+        pass_curves[arm], len_curves[arm], train_curves[arm], walls[arm] = [], [], [], []
+        curve_finals, finals, lens, rights, wrongs, reached, reached_train, drawn, cpus = [], [], [], [], [], [], [], [], []
         for seed in range(seeds):
             run_dir = out / arm / f"seed{seed}"
             cfg = config_lib.build(config_lib.load_yaml(arm), shared,
@@ -148,19 +154,29 @@ def main() -> None:
             drawn.append(statistics.mean(m.get("rollout/groups_drawn_per_kept", 1.0) for m in metrics))
             hit = [s for s, v in evals if v >= threshold]
             reached.append(hit[0] if hit else None)
+            # The same threshold on the rollouts' correct rate (the policy's own samples of fresh training
+            # prompts before each update, a trailing mean over --window steps): step resolution, no extra sampling.
+            train = trailing_mean([m["rollout/correct_rate"] for m in metrics], args.window)
+            train_curves[arm].append(([m["step"] for m in metrics], train))
+            hit = [m["step"] for m, v in zip(metrics, train) if v >= threshold]
+            reached_train.append(hit[0] if hit else None)
             finals.append(final)
             rights.append(right)
             wrongs.append(wrong)
             print(f"algorithms: {arm} seed {seed}: final pass@1 {final:.3f}, curve {[round(v, 3) for _, v in evals]}, {walls[arm][-1]:.0f} s")
         got = [s for s in reached if s is not None]
+        got_train = [s for s in reached_train if s is not None]
         rows.append({"algorithm": arm, "pass@1 final": statistics.mean(finals), "pass@1 min": min(finals), "pass@1 max": max(finals),
                      "curve last": statistics.mean(curve_finals),
                      f"steps to {threshold:.2f}": statistics.mean(got) if got else None, "reached": f"{len(got)}/{seeds}",
+                     "steps to it (rollouts)": statistics.mean(got_train) if got_train else None, "reached (rollouts)": f"{len(got_train)}/{seeds}",
                      "len rollouts end": statistics.mean(lens), "len correct": mean_or_none(rights), "len wrong": mean_or_none(wrongs),
                      "groups drawn/kept": statistics.mean(drawn), "cpu s": statistics.mean(cpus), "wall s": statistics.mean(walls[arm])})
 
     plots.curves(out / "pass_at_1.png", pass_curves, title=f"held-out pass@1 on {args.task}", xlabel="RL step", ylabel="pass@1")
     plots.curves(out / "mean_len.png", len_curves, title="mean completion length (rollouts)", xlabel="RL step", ylabel="tokens")
+    plots.curves(out / "rollout_correct.png", train_curves, title=f"rollouts' correct rate ({args.window}-step trailing mean)", xlabel="RL step",
+                 ylabel="correct rate")
     plots.bars(out / "wall.png", walls, title="wall time per run", ylabel="seconds")
     best = max(rows, key=lambda r: r["pass@1 final"])
     by = {r["algorithm"]: r for r in rows}
