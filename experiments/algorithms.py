@@ -127,7 +127,7 @@ def main() -> None:
     pass_curves, len_curves, train_curves, walls, rows = {}, {}, {}, {}, []
     for arm in arms:
         pass_curves[arm], len_curves[arm], train_curves[arm], walls[arm] = [], [], [], []
-        curve_finals, finals, lens, rights, wrongs, reached, reached_train, drawn, cpus = [], [], [], [], [], [], [], [], []
+        curve_finals, finals, lens, rights, wrongs, reached, reached_train, drawn, cpus, ents = [], [], [], [], [], [], [], [], [], []
         for seed in range(seeds):
             run_dir = out / arm / f"seed{seed}"
             cfg = config_lib.build(config_lib.load_yaml(arm), shared,
@@ -151,6 +151,7 @@ def main() -> None:
             len_curves[arm].append(([m["step"] for m in metrics], [m["rollout/mean_len"] for m in metrics]))
             curve_finals.append(evals[-1][1])
             lens.append(statistics.mean(m["rollout/mean_len"] for m in metrics[-5:]))  # the last 5 steps' rollouts
+            ents.append(statistics.mean(m["rollout/entropy"] for m in metrics[-5:]))  # DAPO's clip-higher claim: entropy does not collapse
             drawn.append(statistics.mean(m.get("rollout/groups_drawn_per_kept", 1.0) for m in metrics))
             hit = [s for s, v in evals if v >= threshold]
             reached.append(hit[0] if hit else None)
@@ -171,6 +172,7 @@ def main() -> None:
                      f"steps to {threshold:.2f}": statistics.mean(got) if got else None, "reached": f"{len(got)}/{seeds}",
                      "steps to it (rollouts)": statistics.mean(got_train) if got_train else None, "reached (rollouts)": f"{len(got_train)}/{seeds}",
                      "len rollouts end": statistics.mean(lens), "len correct": mean_or_none(rights), "len wrong": mean_or_none(wrongs),
+                     "entropy end": statistics.mean(ents),
                      "groups drawn/kept": statistics.mean(drawn), "cpu s": statistics.mean(cpus), "wall s": statistics.mean(walls[arm])})
 
     plots.curves(out / "pass_at_1.png", pass_curves, title=f"held-out pass@1 on {args.task}", xlabel="RL step", ylabel="pass@1")
