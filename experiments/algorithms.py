@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--final-samples", type=int, default=4, help="samples per problem in the base's and each run's final evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy machine)")
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs already finished in --out (by other processes)")
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     out = Path(args.out)
@@ -135,6 +136,8 @@ def main() -> None:
             done = run_dir / "result.json"  # a finished run's wall time and final evaluation: another process may have run it
             if done.is_file():
                 result = json.loads(done.read_text())
+            elif args.collect:
+                continue
             else:
                 t, c = time.perf_counter(), time.process_time()
                 last = rl_recipe.run(cfg, run_dir, base_ckpt)
@@ -165,14 +168,18 @@ def main() -> None:
             rights.append(right)
             wrongs.append(wrong)
             print(f"algorithms: {arm} seed {seed}: final pass@1 {final:.3f}, curve {[round(v, 3) for _, v in evals]}, {walls[arm][-1]:.0f} s")
+        if not finals:  # --collect: no finished run of this arm yet
+            for d in (pass_curves, len_curves, train_curves, walls):
+                del d[arm]
+            continue
         got = [s for s in reached if s is not None]
         got_train = [s for s in reached_train if s is not None]
         rows.append({"algorithm": arm, "pass@1 final": statistics.mean(finals), "pass@1 min": min(finals), "pass@1 max": max(finals),
                      "curve last": statistics.mean(curve_finals),
-                     f"steps to {threshold:.2f}": statistics.mean(got) if got else None, "reached": f"{len(got)}/{seeds}",
-                     "steps to it (rollouts)": statistics.mean(got_train) if got_train else None, "reached (rollouts)": f"{len(got_train)}/{seeds}",
+                     f"steps to {threshold:.2f}": statistics.mean(got) if got else None, "reached": f"{len(got)}/{len(finals)}",
+                     "steps to it (rollouts)": statistics.mean(got_train) if got_train else None, "reached (rollouts)": f"{len(got_train)}/{len(finals)}",
                      "len rollouts end": statistics.mean(lens), "len correct": mean_or_none(rights), "len wrong": mean_or_none(wrongs),
-                     "entropy end": statistics.mean(ents),
+                     "entropy end": statistics.mean(ents), "seeds": len(finals),
                      "groups drawn/kept": statistics.mean(drawn), "cpu s": statistics.mean(cpus), "wall s": statistics.mean(walls[arm])})
 
     plots.curves(out / "pass_at_1.png", pass_curves, title=f"held-out pass@1 on {args.task}", xlabel="RL step", ylabel="pass@1")
