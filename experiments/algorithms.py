@@ -62,6 +62,28 @@ def final_eval(ckpt: Path, task: str, eval_cfg: config_lib.EvalConfig, samples: 
     return (res.metrics["pass@1"], *lengths_by_outcome(samples))
 
 
+CLAIM = "claim.pid"
+"a run folder's marker: the id of the process training it"
+
+
+def claim(run_dir: Path) -> bool:
+    """Claim ``run_dir`` for this process: False when a live process holds it (a dead one's claim is taken over)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CLAIM
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            path.write_text(str(os.getpid()))  # a killed process's claim (two takers at once is out of scope)
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def trailing_mean(values: list[float], window: int) -> list[float]:
     """Each value averaged with the ``window - 1`` before it (fewer at the start)."""
     return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
@@ -125,26 +147,33 @@ def main() -> None:
     base_pass, base_right, base_wrong = final_eval(base_ckpt, args.task, final_cfg, out / "base_samples.jsonl")
     threshold = base_pass + args.gain
 
+    # Train every (seed, arm) run not yet finished, seed by seed (so an interrupted comparison has every
+    # arm on its first seeds). Several processes may share --out: each claims a run before training it.
+    for seed in range(0 if args.collect else seeds):
+        for arm in arms:
+            run_dir = out / arm / f"seed{seed}"
+            if (run_dir / "result.json").is_file() or not claim(run_dir):
+                continue
+            cfg = config_lib.build(config_lib.load_yaml(arm), shared,
+                                   {"seed": seed, "out": str(run_dir), "resume": True, "rl": {"steps": steps, "eval_every": eval_every}})
+            t, c = time.perf_counter(), time.process_time()
+            last = rl_recipe.run(cfg, run_dir, base_ckpt)
+            result = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}  # a resumed run counts only its remaining steps
+            common.seed_everything(0, cfg.threads)
+            result["final"] = final_eval(last, args.task, final_cfg, run_dir / "final_samples.jsonl")
+            (run_dir / "result.json").write_text(json.dumps(result))
+            (run_dir / CLAIM).unlink()
+
+    # Tabulate the finished runs (all of them, unless another process still trains some).
     pass_curves, len_curves, train_curves, walls, rows = {}, {}, {}, {}, []
     for arm in arms:
         pass_curves[arm], len_curves[arm], train_curves[arm], walls[arm] = [], [], [], []
         curve_finals, finals, lens, rights, wrongs, reached, reached_train, drawn, cpus, ents = [], [], [], [], [], [], [], [], [], []
         for seed in range(seeds):
             run_dir = out / arm / f"seed{seed}"
-            cfg = config_lib.build(config_lib.load_yaml(arm), shared,
-                                   {"seed": seed, "out": str(run_dir), "resume": True, "rl": {"steps": steps, "eval_every": eval_every}})
-            done = run_dir / "result.json"  # a finished run's wall time and final evaluation: another process may have run it
-            if done.is_file():
-                result = json.loads(done.read_text())
-            elif args.collect:
+            if not (run_dir / "result.json").is_file():
                 continue
-            else:
-                t, c = time.perf_counter(), time.process_time()
-                last = rl_recipe.run(cfg, run_dir, base_ckpt)
-                result = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}  # a resumed run counts only its remaining steps
-                common.seed_everything(0, cfg.threads)
-                result["final"] = final_eval(last, args.task, final_cfg, run_dir / "final_samples.jsonl")
-                done.write_text(json.dumps(result))
+            result = json.loads((run_dir / "result.json").read_text())
             walls[arm].append(result["wall_s"])
             cpus.append(result["cpu_s"])
             final, right, wrong = result["final"]
