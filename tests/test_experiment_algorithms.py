@@ -2,6 +2,7 @@
 folder holds the table, the plots and a summary with one row per algorithm."""
 
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -53,3 +54,16 @@ def test_algorithms_init_starts_every_arm_from_an_existing_base(tmp_path, monkey
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nothing" in err and "does not exist" in err
+
+
+def test_a_run_is_claimed_by_one_live_process(tmp_path):
+    import subprocess
+
+    claim = runpy.run_path(str(ROOT / "experiments" / "algorithms.py"))["claim"]
+    run_dir = tmp_path / "grpo" / "seed0"
+    assert claim(run_dir)  # free: taken
+    assert not claim(run_dir)  # held by a live process (this one)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run_dir / "claim.pid").write_text(str(dead.pid))
+    assert claim(run_dir) and (run_dir / "claim.pid").read_text() == str(os.getpid())  # a dead process's claim is taken over
