@@ -165,10 +165,11 @@ def main() -> None:
             (run_dir / CLAIM).unlink()
 
     # Tabulate the finished runs (all of them, unless another process still trains some).
-    pass_curves, len_curves, train_curves, walls, rows = {}, {}, {}, {}, []
+    pass_curves, len_curves, train_curves, walls, rows, lens_by_arm = {}, {}, {}, {}, [], {}
     for arm in arms:
         pass_curves[arm], len_curves[arm], train_curves[arm], walls[arm] = [], [], [], []
-        curve_finals, finals, lens, rights, wrongs, reached, reached_train, drawn, cpus, ents = [], [], [], [], [], [], [], [], [], []
+        lens_by_arm[arm] = lens = []
+        curve_finals, finals, _, rights, wrongs, reached, reached_train, drawn, cpus, ents = [], [], [], [], [], [], [], [], [], []
         for seed in range(seeds):
             run_dir = out / arm / f"seed{seed}"
             if not (run_dir / "result.json").is_file():
@@ -189,10 +190,12 @@ def main() -> None:
             reached.append(hit[0] if hit else None)
             # The same threshold on the rollouts' correct rate (the policy's own samples of fresh training
             # prompts before each update, a trailing mean over --window steps): step resolution, no extra sampling.
-            train = trailing_mean([m["rollout/correct_rate"] for m in metrics], args.window)
-            train_curves[arm].append(([m["step"] for m in metrics], train))
-            hit = [m["step"] for m, v in zip(metrics, train) if v >= threshold]
-            reached_train.append(hit[0] if hit else None)
+            # Not under dynamic sampling: its rollouts are the kept groups only (all-correct groups dropped).
+            if "rollout/groups_drawn_per_kept" not in metrics[0]:
+                train = trailing_mean([m["rollout/correct_rate"] for m in metrics], args.window)
+                train_curves[arm].append(([m["step"] for m in metrics], train))
+                hit = [m["step"] for m, v in zip(metrics, train) if v >= threshold]
+                reached_train.append(hit[0] if hit else None)
             finals.append(final)
             rights.append(right)
             wrongs.append(wrong)
@@ -206,7 +209,7 @@ def main() -> None:
         rows.append({"algorithm": arm, "pass@1 final": statistics.mean(finals), "pass@1 min": min(finals), "pass@1 max": max(finals),
                      "curve last": statistics.mean(curve_finals),
                      f"steps to {threshold:.2f}": statistics.mean(got) if got else None, "reached": f"{len(got)}/{len(finals)}",
-                     "steps to it (rollouts)": statistics.mean(got_train) if got_train else None, "reached (rollouts)": f"{len(got_train)}/{len(finals)}",
+                     "steps to it (rollouts)": statistics.mean(got_train) if got_train else None, "reached (rollouts)": f"{len(got_train)}/{len(reached_train)}" if reached_train else "n/a",
                      "len rollouts end": statistics.mean(lens), "len correct": mean_or_none(rights), "len wrong": mean_or_none(wrongs),
                      "entropy end": statistics.mean(ents), "seeds": len(finals),
                      "groups drawn/kept": statistics.mean(drawn), "cpu s": statistics.mean(cpus), "wall s": statistics.mean(walls[arm])})
@@ -221,7 +224,9 @@ def main() -> None:
     verdict = f"highest final held-out pass@1: {best['algorithm']} ({best['pass@1 final']:.3f}; base {base_pass:.3f})"
     if "grpo" in by and "dr_grpo" in by:
         g, d = by["grpo"]["len rollouts end"], by["dr_grpo"]["len rollouts end"]
-        verdict += (f"; Dr. GRPO's length claim: final rollout length {d:.1f} vs GRPO's {g:.1f} ({'shorter, as claimed' if d < g else 'not shorter'}),"
+        spread = max(max(v) - min(v) for v in (lens_by_arm["grpo"], lens_by_arm["dr_grpo"]))  # across seeds
+        said = "within the seed spread" if abs(d - g) <= spread else "shorter, as claimed" if d < g else "longer, not as claimed"
+        verdict += (f"; Dr. GRPO's length claim: final rollout length {d:.1f} vs GRPO's {g:.1f} ({said}: {spread:.1f} tokens),"
                     f" wrong answers {fmt(by['dr_grpo']['len wrong'])} vs {fmt(by['grpo']['len wrong'])} tokens")
     experiment.write(out, "algorithms", rows, {"quick": args.quick, "seeds": seeds, "steps": steps, "task": args.task, "init": str(base_ckpt),
                                                "prompts_per_step": shared["rl"]["prompts_per_step"], "group_size": shared["rl"]["group_size"],
