@@ -10,9 +10,13 @@ steps, prompts and samples, on each seed. Measured: held-out pass@1 every ``--ev
 (the curve and the steps to reach the base model's pass@1 + ``--gain``), a final evaluation with
 ``--final-samples`` samples per problem (pass@1, and the mean length of correct and of wrong
 completions), the rollouts' mean completion length (Dr. GRPO's claim: GRPO's 1/|o| normaliser
-lets wrong answers grow longer), groups drawn per step (DAPO's dynamic sampling), and wall time.
-Writes table.md, summary.json and plots (pass@1 and length curves with seed bands, wall-time
-bars) through r1lab.report. The reward-hacking monitor is off in these runs (it only observes).
+lets wrong answers grow longer), the steps to the threshold on the rollouts' correct rate (per
+step), the rollouts' entropy at the end, groups drawn per step (DAPO's dynamic sampling), CPU and
+wall time. Writes table.md, summary.json and plots (pass@1, length and rollout correct-rate
+curves with seed bands, wall-time bars) through r1lab.report. The reward-hacking monitor is off
+in these runs (it only observes). Runs go seed by seed; several processes may share one --out
+(each claims a run before training it, and a finished run's result.json is read, not rerun);
+``--collect`` only tabulates what is finished.
 """
 
 from __future__ import annotations
