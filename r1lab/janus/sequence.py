@@ -184,3 +184,19 @@ def generate_codes(model: JanusModel, prompts: list[list[int]], pad_id: int, tem
         h_BD = model.hidden(model.code_embeds(feed[:, None], start=i), positions_BT=pos, key_mask_BS=mask, cache=cache).normed_BTD[:, -1]
         pos = pos + 1
     return torch.stack(codes, dim=1), logits_seen
+
+
+def target_logprobs(model: JanusModel, batch: Batch, text_temperature: float = 1.0, code_temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each position's next target under the model's sampling distribution
+    (text head at ``text_temperature``, image head at ``code_temperature``): (logp (B, T), mask
+    (B, T) of positions that have a target). What GRPO's policy loss reads for mixed sequences."""
+    h_BTD = model.hidden(batch.embeds_BTD, token_mask_BT=batch.mask_BT).normed_BTD
+    t_sel, c_sel = batch.text_tgt_BT >= 0, batch.code_tgt_BT >= 0
+    logp_BT = h_BTD.new_zeros(batch.text_tgt_BT.shape)
+    if t_sel.any():
+        lp = F.log_softmax(model.text_logits(h_BTD[t_sel]).float() / text_temperature, dim=-1)  # (n, V)
+        logp_BT = logp_BT.index_put((t_sel,), lp.gather(-1, batch.text_tgt_BT[t_sel][:, None])[:, 0])
+    if c_sel.any():
+        lp = F.log_softmax(model.code_logits(h_BTD[c_sel]).float() / code_temperature, dim=-1)  # (n, K)
+        logp_BT = logp_BT.index_put((c_sel,), lp.gather(-1, batch.code_tgt_BT[c_sel][:, None])[:, 0])
+    return logp_BT, t_sel | c_sel
