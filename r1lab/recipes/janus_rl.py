@@ -123,8 +123,8 @@ def run(cfg: Config, run_dir: Path, init: Path, mode: str) -> Path:
     r = cfg.rl
     _check(cfg)
     run_cfg = config_lib.build(config_lib.load_yaml(init / "config.yaml"))
+    digits.indices("train"), digits.indices("test"), digits.classifier()  # scikit-learn's import draws from Python's RNG: before seeding
     common.seed_everything(cfg.seed, cfg.threads)
-    digits.indices("train"), digits.indices("test"), digits.classifier()  # scikit-learn's import draws from Python's RNG: before any stream
     tok = common.load_tokenizer(init)
     vq = janus.load_vq(run_cfg, checkpoint.load_latest(init / "vq").path)
     start = start_checkpoint(init)
@@ -189,7 +189,7 @@ def run(cfg: Config, run_dir: Path, init: Path, mode: str) -> Path:
             bad, grad_norm = loop.backward_step(out.loss, r.grad_clip)
             metrics.update({"rl/reward_mean": float(rewards_N.mean()), "rl/loss": out.loss.item(), "rl/kl": out.kl, "rl/grad_norm": grad_norm,
                             "rl/zero_var_group_frac": float(rl.zero_variance_groups(rewards_N, G).float().mean()),
-                            "rl/sample_s": t_sample, "rl/step_s": time.perf_counter() - t0})
+                            "time/sample_s": t_sample, "time/step_s": time.perf_counter() - t0})
             if loop.due(r.eval_every, step + 1):
                 after = evaluate(policy, vq, tok, run_cfg, r)
                 metrics.update({f"eval/{k}": v for k, v in after.items() if v is not None})
