@@ -114,7 +114,7 @@ def evaluate(model, vq, tok, run_cfg: Config, r) -> dict:
     plain, _ = janus.eval_generation(model, vq, tok, cfg, 1.0)
     guided, _ = janus.eval_generation(model, vq, tok, cfg, j.cfg_scale)
     model.train(was)
-    return {"und_pass@1": und["pass@1"], "und_scene_pass@1": und.get("scene_pass@1"), "und_digit_pass@1": und.get("digit_pass@1"),
+    return {"und_greedy": und["greedy_accuracy"], "und_blind_majority": und["blind_majority"], "und_pass@1": und["pass@1"], "und_scene_pass@1": und.get("scene_pass@1"), "und_digit_pass@1": und.get("digit_pass@1"),
             "gen_scene_acc": plain["scene_accuracy"], "gen_digit_acc": plain["digit_accuracy"],
             "gen_scene_acc_guided": guided["scene_accuracy"], "gen_digit_acc_guided": guided["digit_accuracy"]}
 
