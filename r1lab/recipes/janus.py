@@ -355,7 +355,7 @@ RESUME_CHECKED = ("task", "seed", "model", "janus", "eval", "pretrain")
 
 
 def main(cfg: Config) -> Path:
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)
@@ -397,7 +397,7 @@ def main(cfg: Config) -> Path:
         "understanding": {k: v for k, v in und.items() if k != "examples"},
         "generation": {"guided": {k: v for k, v in gen_cfg.items() if k != "verdicts"}, "unguided": {k: v for k, v in gen_plain.items() if k != "verdicts"}},
         "vq_heldout_mse": vq_mse, "digit_classifier_heldout_accuracy": digits.classifier().accuracy,
-        "parameters": {"total": n_total, "lm": n_lm}, "timings": timings, "wall_s": time.time() - t0, "threads": cfg.threads,
+        "parameters": {"total": n_total, "lm": n_lm}, "timings": timings, "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "threads": cfg.threads,
         "examples": und["examples"],
     }
     (run_dir / "eval").mkdir(exist_ok=True)
