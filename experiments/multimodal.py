@@ -36,8 +36,8 @@ ARMS = {
     "gen-only": {"gen_weight": 0.9, "text_weight": 0.1},
     "shared-vq": {"und_input": "vq"},
 }
-BUDGET = {"janus": {"align_steps": 50, "unified_steps": 300, "instruct_steps": 150, "eval_questions": 200, "eval_prompts": 50}}
-"each arm's budget without --quick: a third of the default's stage steps (~4 CPU-minutes an arm at 1 thread)"
+BUDGET = {"janus": {"align_steps": 50, "unified_steps": 150, "instruct_steps": 75, "eval_questions": 200, "eval_prompts": 50}}
+"each arm's budget without --quick: a third of the default's stage-I steps and a sixth of its stage-II/III steps (~2.5 CPU-minutes an arm at 1 thread)"
 QUICK = {
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 48, "n_routed_experts": 4, "top_k": 2, "d_expert": 16},
     "janus": {"vq_steps": 4, "vq_batch_size": 8, "vq_channels": 8, "vq_codebook": 16, "enc_dim": 16, "enc_layers": 1, "align_steps": 2,
