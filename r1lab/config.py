@@ -513,9 +513,9 @@ class JanusConfig:
     "blocks of the understanding encoder"
     align_steps: int = 150
     "stage I: only the encoder, adaptors, image embedding and image head train; the LM is frozen (Janus sec. 3.2)"
-    unified_steps: int = 900
+    unified_steps: int = 1200
     "stage II: unified training of everything on text, captioning and text-to-image data"
-    instruct_steps: int = 450
+    instruct_steps: int = 600
     "stage III: instruction-style tuning: questions with answers in the R1 template, prompts to draw, text"
     batch_size: int = 24
     "sequences per step of every stage"
