@@ -81,7 +81,7 @@ def main() -> None:
             g, u = s["generation"]["guided"], s["understanding"]
             row = {"arm": arm, "seed": seed, "und_greedy": u["greedy_accuracy"], "und_pass@1": u["pass@1"], "blind_majority": u["blind_majority"],
                    "gen_scene_acc": g["scene_accuracy"], "gen_digit_acc": g["digit_accuracy"],
-                   "gen_scene_unguided": s["generation"]["unguided"]["scene_accuracy"], "cpu_s": round(s.get("cpu_s", 0)), "wall_s": round(s["wall_s"])}
+                   "gen_scene_unguided": s["generation"]["unguided"]["scene_accuracy"], "cpu_s": round(s["timings"].get("cpu_s", s.get("cpu_s", 0))), "wall_s": round(s["wall_s"])}
             rows.append(row)
             results.setdefault(arm, []).append(row)
     if set(results) != set(ARMS):

@@ -390,6 +390,7 @@ def main(cfg: Config) -> Path:
         gen_plain, img_plain = eval_generation(model, vq, tok, cfg, 1.0)
         gen_cfg, img_cfg = eval_generation(model, vq, tok, cfg, cfg.janus.cfg_scale)
         timings["eval_s"] = time.time() - t
+    timings["cpu_s"] = time.process_time() - c0  # this process's CPU time (all its threads); wall times above
     n_total = sum(p.numel() for p in model.parameters())
     n_lm = sum(p.numel() for p in model.lm.parameters())
     summary = {
@@ -397,7 +398,7 @@ def main(cfg: Config) -> Path:
         "understanding": {k: v for k, v in und.items() if k != "examples"},
         "generation": {"guided": {k: v for k, v in gen_cfg.items() if k != "verdicts"}, "unguided": {k: v for k, v in gen_plain.items() if k != "verdicts"}},
         "vq_heldout_mse": vq_mse, "digit_classifier_heldout_accuracy": digits.classifier().accuracy,
-        "parameters": {"total": n_total, "lm": n_lm}, "timings": timings, "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "threads": cfg.threads,
+        "parameters": {"total": n_total, "lm": n_lm}, "timings": timings, "wall_s": time.time() - t0, "threads": cfg.threads,
         "examples": und["examples"],
     }
     (run_dir / "eval").mkdir(exist_ok=True)
