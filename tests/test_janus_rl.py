@@ -101,6 +101,7 @@ def test_rl_on_images_end_to_end_and_bad_input_is_one_line(janus_run, tmp_path, 
     assert main(["pretrain", "--task", "scenes:und", "--out", str(tmp_path / "bad3"), "--pretrain.steps", "1"]) == 2
 
 
+@pytest.mark.slow  # ~15 s idle, ~45 s on the loaded machine: two RL runs of 8 steps and a resume
 def test_rl_on_images_killed_resumes_bit_identical(janus_run, tmp_path):
     argv = ["rl", "--init", str(janus_run), "--task", "scenes:both", "--rl.steps", "8", "--rl.kl_coef", "0.05", *RL_ARGS]
     ref = tmp_path / "ref"
