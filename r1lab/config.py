@@ -519,9 +519,9 @@ class JanusConfig:
     "blocks of the understanding encoder"
     align_steps: int = 150
     "stage I: only the encoder, adaptors, image embedding and image head train; the LM is frozen (Janus sec. 3.2)"
-    unified_steps: int = 900
+    unified_steps: int = 1200
     "stage II: unified training of everything on text, captioning and text-to-image data"
-    instruct_steps: int = 450
+    instruct_steps: int = 600
     "stage III: instruction-style tuning: questions with answers in the R1 template, prompts to draw, text"
     batch_size: int = 24
     "sequences per step of every stage"
@@ -537,6 +537,8 @@ class JanusConfig:
     "share of images that are sklearn digits; the rest are procedural scenes"
     cfg_dropout: float = 0.1
     "probability that a generation prompt is replaced by pad tokens in training (Janus: 10%), for classifier-free guidance"
+    unified_qa: float = 0.5
+    "share of stage II's understanding sequences that are questions with exact answers, the rest captions (Janus: captions only; from scratch the questions need the steps)"
     cfg_scale: float = 3.0
     "classifier-free guidance scale at sampling (Janus: 5); 1 is the plain conditional model"
     eval_questions: int = 200
@@ -736,6 +738,7 @@ class Config:
         ] + [(f"janus.{k}", getattr(j, k) >= 0, "must be >= 0") for k in ("vq_steps", "align_steps", "unified_steps", "instruct_steps", "warmup_steps", "vq_beta")] + [
             ("janus.vq_decay", 0 < j.vq_decay < 1, "must be in (0, 1)"),
             ("janus.cfg_dropout", 0 <= j.cfg_dropout < 1, "must be in [0, 1)"),
+            ("janus.unified_qa", 0 <= j.unified_qa <= 1, "must be in [0, 1]"),
             ("janus.cfg_scale", j.cfg_scale >= 0, "must be >= 0"),
             ("janus.digit_fraction", 0 <= j.digit_fraction <= 1, "must be in [0, 1]"),
             ("janus.text_weight", 0 <= j.text_weight and 0 <= j.gen_weight and j.text_weight + j.gen_weight <= 1, "text_weight + gen_weight must be in [0, 1]"),

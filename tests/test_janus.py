@@ -228,3 +228,36 @@ def test_janus_bad_config_is_one_line(capsys):
     assert main(["janus", "--janus.cfg_dropout", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "janus.cfg_dropout" in err[0]
+
+
+def test_length_buckets_give_the_one_batch_losses():
+    from r1lab.recipes import janus
+
+    model, tok = tiny_model()
+    rng = random.Random(3)
+    rows = []
+    for i in range(7):
+        item = janus.draw_item(rng, "train", 0.3)
+        rows.append(janus.qa_row(tok, item) if i % 2 else [S.Text(tok.prompt_ids(item.prompt)), S.Codes([rng.randrange(16) for _ in range(64)])])
+    buckets = S.length_buckets(rows)
+    assert sorted(i for b in buckets for i in b) == list(range(7)) and len(buckets) == 2
+    assert max(S.row_length(rows[i]) for i in buckets[0]) <= min(S.row_length(rows[i]) for i in buckets[1])
+    with torch.no_grad():
+        one = S.losses(model, S.assemble(model, rows, tok.pad_id))
+        two = S.losses(model, [S.assemble(model, [rows[i] for i in b], tok.pad_id) for b in buckets])
+    for a, b in ((one.text, two.text), (one.code, two.code)):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert S.length_buckets(rows[:1]) == [[0]]
+
+
+def test_blind_baselines_answer_from_the_training_answer_distribution():
+    from r1lab.recipes import janus
+
+    def item(q: str, a: str) -> janus.Item:
+        return janus.Item(np.zeros((3, 32, 32), np.float32), "", "", q, a, "scene")
+
+    none_red, three_red = janus.blind_baselines([item("how many red?", "0")], 0.3), janus.blind_baselines([item("how many red?", "3")], 0.3)
+    assert none_red["blind_majority"] == 1.0 and three_red["blind_majority"] == 0.0
+    assert 0.45 < none_red["blind_sampling"] < 0.7 and 0 < three_red["blind_sampling"] < 0.05  # P(no red) ~0.58, P(three red) ~0.005
+    digit = janus.blind_baselines([item(digits.QUESTION, str(d)) for d in range(10)], 0.3)
+    assert digit["blind_majority"] == 0.1 and abs(digit["blind_sampling"] - 0.1) < 0.01

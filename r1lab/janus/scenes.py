@@ -113,22 +113,27 @@ _PALETTE = np.asarray([(0.0, 0.0, 0.0), *COLOURS.values()], dtype=np.float32)  #
 _TEMPLATES = {(c, s, z): shape_mask(s, z, c) for c in range(4) for s in SHAPES for z in SIZES}
 
 
-def detect(image: np.ndarray) -> Scene | None:
-    """The scene an image shows, or None when some cell holds something that is no object."""
+UNREADABLE = "unreadable"
+"what ``read_cells`` says of a cell whose pixels match no object"
+
+
+def read_cells(image: np.ndarray) -> list[Obj | None | str]:
+    """Per grid cell, what the image shows there: an ``Obj``, None (empty) or ``UNREADABLE``."""
     img = np.asarray(image, dtype=np.float32).reshape(3, SIZE, SIZE)
     dist = ((img.transpose(1, 2, 0)[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 5)
     label = dist.argmin(-1)  # 0 background, 1.. colours
     names = list(COLOURS)
-    objects = []
+    cells: list[Obj | None | str] = []
     for cell in range(4):
         r, c = (cell // 2) * CELL, (cell % 2) * CELL
         sub = label[r : r + CELL, c : c + CELL]
         counts = np.bincount(sub.ravel(), minlength=len(_PALETTE))[1:]
         if counts.sum() < MIN_PIXELS:
+            cells.append(None)
             continue
         colour = int(counts.argmax())
         mask = np.zeros((SIZE, SIZE), dtype=bool)
-        mask[r : r + CELL, c : c + CELL] = label[r : r + CELL, c : c + CELL] != 0
+        mask[r : r + CELL, c : c + CELL] = sub != 0
         best, best_iou = None, 0.0
         for (tc, s, z), t in _TEMPLATES.items():
             if tc != cell:
@@ -136,10 +141,22 @@ def detect(image: np.ndarray) -> Scene | None:
             iou = (mask & t).sum() / (mask | t).sum()
             if iou > best_iou:
                 best, best_iou = (s, z), iou
-        if best is None or best_iou < MIN_IOU:
-            return None
-        objects.append(Obj(cell, names[colour], best[0], best[1]))
-    return Scene(tuple(objects))
+        cells.append(UNREADABLE if best is None or best_iou < MIN_IOU else Obj(cell, names[colour], best[0], best[1]))
+    return cells
+
+
+def detect(image: np.ndarray) -> Scene | None:
+    """The scene an image shows, or None when some cell holds something that is no object."""
+    cells = read_cells(image)
+    if UNREADABLE in cells:
+        return None
+    return Scene(tuple(o for o in cells if isinstance(o, Obj)))
+
+
+def cell_agreement(image: np.ndarray, scene: Scene) -> float:
+    """Share of the four cells the detector reads exactly as ``scene`` has them (an unreadable
+    cell counts as wrong): graded credit for RL on drawing; 1.0 iff ``detect(image) == scene``."""
+    return sum(o == scene.at(c) for c, o in enumerate(read_cells(image))) / 4
 
 
 # ---------------------------------------------------------------------------------------------

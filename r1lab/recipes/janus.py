@@ -136,7 +136,8 @@ def build_rows(stage: str, tok: BaseTokenizer, task, vq: VQVAE, rng: random.Rand
             counts["gen"] += 1
         else:
             item = draw_item(rng, "train", j.digit_fraction)
-            rows.append(qa_row(tok, item, shared(cfg, vq)) if stage == "instruct" else caption_row(tok, item, shared(cfg, vq)))
+            qa = stage == "instruct" or (stage == "unified" and rng.random() < j.unified_qa)
+            rows.append(qa_row(tok, item, shared(cfg, vq)) if qa else caption_row(tok, item, shared(cfg, vq)))
             counts["und"] += 1
     if gen_items:
         codes = vq.encode(torch.as_tensor(np.stack([it.pixels for _, it, _ in gen_items])))  # (n, 64)
@@ -212,13 +213,13 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, vq: VQVAE, tok: BaseToke
             t0 = time.perf_counter()
             lr = loop.set_lr(common.lr_at(step, j.lr, j.warmup_steps, total, cfg.pretrain.min_lr_ratio))
             rows, counts = build_rows(stage, tok, task, vq, rng, cfg)
-            batch = S.assemble(model, rows, tok.pad_id)
-            out = S.losses(model, batch)
+            batches = [S.assemble(model, [rows[i] for i in idx], tok.pad_id) for idx in S.length_buckets(rows)]
+            out = S.losses(model, batches)
             bad, grad_norm = loop.backward_step(out.total, cfg.pretrain.grad_clip)
             load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)
             metrics = {f"{stage}/text_loss": out.text.item(), f"{stage}/code_loss": out.code.item(), f"{stage}/aux_loss": out.aux.item(),
                        f"{stage}/lr": lr, f"{stage}/grad_norm": grad_norm, f"{stage}/rows_gen": counts["gen"],
-                       f"{stage}/tokens_per_s": float(batch.mask_BT.sum()) / (time.perf_counter() - t0), **moe.balance_metrics(model, load_LE)}
+                       f"{stage}/tokens_per_s": float(sum(b.mask_BT.sum() for b in batches)) / (time.perf_counter() - t0), **moe.balance_metrics(model, load_LE)}
             loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
                           postfix={"text": f"{out.text.item():.3f}", "code": f"{out.code.item():.3f}"})
     return loop.last_path
@@ -258,9 +259,44 @@ def eval_understanding(model: JanusModel, tok: BaseTokenizer, cfg: Config, vq: V
         sel = [c for c, it in zip(correct, items) if it.kind == kind]
         if sel:
             out[f"{kind}_pass@1"] = float(np.mean([pass_at_k(n, int(sum(c)), 1) for c in sel]))
+    # Greedy answers (one each): the model's best guess, to set against the blind majority answer.
+    greedy: list[str] = []
+    for i in range(0, len(items), chunk):
+        part = [question_prefix(tok, it.pixels, it.question, shared(cfg, vq)) for it in items[i : i + chunk]]
+        greedy += [tok.decode(x) for x in S.generate_text(model, part, tok.pad_id, tok.eos_id, ANSWER_TOKENS, 0.0, gen)]
+    g_ok = [score(t, lambda a, it=it: exact(a, it.answer), weights).correct for t, it in zip(greedy, items)]
+    out["greedy_accuracy"] = float(np.mean(g_ok))
+    for kind in ("scene", "digit"):
+        sel = [c for c, it in zip(g_ok, items) if it.kind == kind]
+        if sel:
+            out[f"{kind}_greedy_accuracy"] = float(np.mean(sel))
+    out.update(blind_baselines(items, cfg.janus.digit_fraction))
     out.update(n=n, temperature=cfg.eval.sample.temperature, questions=len(items),
                examples=[{"question": it.question, "answer": it.answer, "completion": texts[q * n]} for q, it in enumerate(items[:8])])
     return out
+
+
+BLIND_DRAWS = 20_000
+"training questions drawn to estimate each question's answer distribution for the blind baselines"
+
+
+def blind_baselines(items: list[Item], digit_fraction: float) -> dict[str, float]:
+    """What a model that never looks at the image scores on ``items``: answering each question with
+    its most frequent training answer (``blind_majority``, the bar for greedy accuracy), and
+    sampling the training answer distribution (``blind_sampling``, the bar for pass@1 at
+    temperature 1). Estimated from ``BLIND_DRAWS`` training questions (a fixed seed)."""
+    rng = random.Random(12345)
+    counts: dict[str, dict[str, int]] = {}
+    for _ in range(BLIND_DRAWS):
+        if rng.random() < digit_fraction:
+            q, a = digits.QUESTION, str(digits.sample(rng, "train")[1])
+        else:
+            q, a = scenes.question(scenes.sample_scene(rng, "train"), rng)
+        counts.setdefault(q, {}).setdefault(a, 0)
+        counts[q][a] += 1
+    majority = [float(max(counts.get(it.question, {"": 1}).items(), key=lambda kv: kv[1])[0] == it.answer) for it in items]
+    sampling = [counts.get(it.question, {}).get(it.answer, 0) / max(1, sum(counts.get(it.question, {}).values())) for it in items]
+    return {"blind_majority": float(np.mean(majority)), "blind_sampling": float(np.mean(sampling))}
 
 
 def eval_prompts(cfg: Config) -> list[tuple[str, scenes.Scene | None, int]]:
@@ -319,7 +355,7 @@ RESUME_CHECKED = ("task", "seed", "model", "janus", "eval", "pretrain")
 
 
 def main(cfg: Config) -> Path:
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)
@@ -354,6 +390,7 @@ def main(cfg: Config) -> Path:
         gen_plain, img_plain = eval_generation(model, vq, tok, cfg, 1.0)
         gen_cfg, img_cfg = eval_generation(model, vq, tok, cfg, cfg.janus.cfg_scale)
         timings["eval_s"] = time.time() - t
+    timings["cpu_s"] = time.process_time() - c0  # this process's CPU time (all its threads); wall times above
     n_total = sum(p.numel() for p in model.parameters())
     n_lm = sum(p.numel() for p in model.lm.parameters())
     summary = {
@@ -369,9 +406,11 @@ def main(cfg: Config) -> Path:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     grids(run_dir, cfg, img_cfg, gen_cfg["verdicts"], f"held-out prompts, guidance {cfg.janus.cfg_scale:g} (ok: detector/classifier agrees)", "generated_guided")
     grids(run_dir, cfg, img_plain, gen_plain["verdicts"], "held-out prompts, no guidance (scale 1)", "generated_unguided")
-    rows = [{"": "understanding", "pass@1": und["pass@1"], f"pass@{und['n']}": und.get(f"pass@{und['n']}"),
-             "scenes": und.get("scene_pass@1"), "digits": und.get("digit_pass@1")}]
-    print(tracking.format_table(rows, title=f"janus: held-out understanding ({und['questions']} questions, n={und['n']}, T={und['temperature']})"))
+    rows = [{"": "model", "greedy accuracy": und["greedy_accuracy"], "pass@1": und["pass@1"], f"pass@{und['n']}": und.get(f"pass@{und['n']}"),
+             "scenes greedy": und.get("scene_greedy_accuracy"), "digits greedy": und.get("digit_greedy_accuracy")},
+            {"": "blind (no image)", "greedy accuracy": und["blind_majority"], "pass@1": und["blind_sampling"]}]
+    print(tracking.format_table(rows, title=f"janus: held-out understanding ({und['questions']} questions; greedy, and n={und['n']} at T={und['temperature']}; "
+                                             "blind: the training answer distribution per question, its majority / sampled)"))
     grow = [{"guidance": g["cfg_scale"], "scene accuracy": g["scene_accuracy"], "digit accuracy": g["digit_accuracy"]} for g in (gen_plain, gen_cfg)]
     print(tracking.format_table(grow, title=f"janus: held-out generation ({gen_cfg['scene_prompts']} scene prompts by the exact detector, "
                                              f"10 digits by a classifier of held-out accuracy {digits.classifier().accuracy:.3f})"))

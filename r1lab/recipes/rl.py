@@ -524,6 +524,10 @@ def _check_distributed(cfg: Config, model_cfg) -> None:
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("rl needs --init RUN_OR_CHECKPOINT_FOLDER (a pretrained model)")
+    from r1lab.recipes import janus_rl  # GRPO on images when --init is an `r1lab janus` run
+
+    if janus_rl.is_janus_run(cfg.init) or cfg.task.startswith(janus_rl.PREFIX):
+        return janus_rl.main(cfg)
     run_dir = distributed.broadcast_object(common.run_dir_for(cfg, "rl"))  # one folder for all ranks
     if distributed.is_main():
         common.prepare_run_dir(run_dir, cfg)

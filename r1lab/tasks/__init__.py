@@ -22,6 +22,8 @@ TASKS: dict[str, str] = {
 
 GYM_PREFIX = "gym:"
 JSONL_PREFIX = "jsonl:"
+SCENES_PREFIX = "scenes:"
+"images of r1lab janus (scenes:und, scenes:gen, scenes:both), for r1lab rl --init <janus run>"
 
 
 def get_task(name: str, seed: int = 0) -> Task:
@@ -36,6 +38,10 @@ def get_task(name: str, seed: int = 0) -> Task:
         from r1lab.tasks.jsonl import JsonlTask
 
         return JsonlTask(name[len(JSONL_PREFIX):])
+    if name.startswith(SCENES_PREFIX):
+        from r1lab.janus.task import SceneTask
+
+        return SceneTask(name[len(SCENES_PREFIX):])
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}, gym:<reasoning-gym dataset> or jsonl:<path>")
     module, cls = TASKS[name].split(":")
