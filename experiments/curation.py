@@ -1,20 +1,25 @@
 """Data efficiency: uniform prompts vs a difficulty curriculum vs pass-rate curation, equal compute.
 
     python experiments/curation.py [--out DIR] [--quick] [--datasets chain_sum,basic_arithmetic] [--budget N]
+                                   [--init CKPT] [--seeds 0,1] [--workers N]
 
-On each dataset one base is pretrained (seeded), then GRPO runs from it three times, choosing its
-prompts with ``data.prompts`` = uniform, curriculum, pass_rate. Compute is equal in sampled
+On each dataset one base is pretrained (seeded; or ``--init`` gives one, e.g. the mixed base of
+experiments/breadth.py), then GRPO runs from it once per arm and seed, choosing its prompts with
+``data.prompts`` = uniform, curriculum, pass_rate. Compute is equal in sampled
 completions: every arm gets ``--budget`` completions in all; the curation arm pays for its
 pass-rate estimates (data.candidates x data.samples per refresh) out of that budget, so it runs
 fewer RL steps. Measured: held-out pass@1 (test split, default difficulty) every
 ``--eval-every`` steps, and the sampled completions spent when it first reaches the base's pass@1
-+ ``--gain``. Writes table.md, summary.json and one curve plot per dataset through r1lab.report.
++ ``--gain`` (and the RL step), per seed. Runs go to ``--workers`` processes; each is seeded on its
+own, so the figures do not depend on the number of workers. Writes table.md, summary.json and one curve plot per dataset through r1lab.report.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from r1lab import config as config_lib
@@ -53,12 +58,51 @@ def steps_for(cfg, arm: str, budget: int) -> int:
         steps += 1
 
 
+def make_base(dataset: str, layers: dict, out: Path, seed: int, init: str | None) -> tuple[str, float]:
+    """The base every arm starts from (``init``, or pretrained here on the dataset) and its held-out
+    pass@1 under the arms' periodic evaluation (``rl.eval_problems`` problems, 2 samples each)."""
+    base_cfg = config_lib.build(layers, {"task": f"gym:{dataset}", "seed": seed})
+    task = get_task(base_cfg.task, seed=base_cfg.seed)
+    if init is None:
+        base_cfg.model.max_seq_len, _ = context.size(base_cfg, task, CharTokenizer.build())
+        base_dir = out / dataset / "base"
+        base_cfg.out, base_cfg.resume = str(base_dir), True
+        common.prepare_run_dir(base_dir, base_cfg)
+        init = str(pretrain.run(base_cfg, base_dir))
+    common.seed_everything(base_cfg.seed, base_cfg.threads)
+    model, _ = common.load_model(init)
+    weights = RewardWeights(base_cfg.rl.format_weight, base_cfg.rl.correct_weight, base_cfg.rl.partial_weight)
+    rl_eval = config_lib.build({"eval": {"n_problems": base_cfg.rl.eval_problems, "n_samples": 2, "ks": [1], "sample": layers.get("eval", {}).get("sample", {})}}).eval
+    return init, evaluate_model(model, common.load_tokenizer(init), task, rl_eval, weights).metrics["pass@1"]
+
+
+def run_arm(dataset: str, arm: str, seed: int, layers: dict, budget: int, eval_every: int, base_ckpt: str, run_dir: Path) -> dict:
+    """GRPO from ``base_ckpt`` with prompts chosen by ``arm``, as many steps as ``budget`` sampled
+    completions afford (estimates included); its held-out pass@1 curve in completions spent."""
+    cfg = config_lib.build(layers, {"task": f"gym:{dataset}", "seed": seed, "data": {"prompts": arm}})
+    steps = steps_for(cfg, arm, budget)
+    cfg = config_lib.build(layers, {"task": f"gym:{dataset}", "seed": seed, "data": {"prompts": arm}, "rl": {"steps": steps, "eval_every": eval_every}})
+    cfg.out, cfg.init, cfg.resume = str(run_dir), base_ckpt, True
+    common.prepare_run_dir(run_dir, cfg)
+    rl_recipe.run(cfg, run_dir, base_ckpt)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
+    spent = [(m["step"], m["step"] * per_step + m.get("curation/estimate_samples", 0), m["eval/pass@1"]) for m in metrics if "eval/pass@1" in m]
+    levels = [m["curriculum/level"] for m in metrics if "curriculum/level" in m]
+    return {"dataset": dataset, "arm": arm, "seed": seed, "rl_steps": steps, "curve": spent,
+            "train_correct": sum(m["rollout/correct_rate"] for m in metrics) / max(len(metrics), 1),
+            "estimate_samples": metrics[-1].get("curation/estimate_samples", 0) if metrics else 0,
+            "fallback_steps": sum(1 for m in metrics if m.get("curation/fallback")),
+            "top_level": max(levels) if levels else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/experiments/curation")
     ap.add_argument("--quick", action="store_true", help="a tiny model and a few RL steps on one dataset: the plumbing in seconds")
     ap.add_argument("--datasets", default="chain_sum,basic_arithmetic")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None, help="start every arm from this checkpoint (e.g. experiments/breadth.py's mixed base) instead of pretraining one per dataset")
+    ap.add_argument("--seeds", default="0", help="comma-separated RL seeds (the base is the same for all)")
     ap.add_argument("--pretrain-steps", type=int, default=600)
     ap.add_argument("--budget", type=int, default=40 * 16 * 8, help="sampled completions per arm (training + estimation)")
     ap.add_argument("--eval-every", type=int, default=5)
@@ -67,68 +111,60 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=32, help="data.candidates: prompts estimated per refresh (curation arm)")
     ap.add_argument("--samples", type=int, default=8, help="data.samples: samples per estimated prompt")
     ap.add_argument("--refresh-every", type=int, default=10, help="data.refresh_every")
+    ap.add_argument("--window", type=int, default=5, help="data.window: steps of train correct rate the curriculum averages")
     ap.add_argument("--batch-size", type=int, default=24, help="pretraining rows per step")
     ap.add_argument("--prompts-per-step", type=int, default=16, help="RL prompts per step (group size 8)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--workers", type=int, default=1, help="arms x seeds run in this many processes at once")
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     out = Path(args.out)
     datasets = args.datasets.split(",")[:1] if args.quick else args.datasets.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     layers = QUICK if args.quick else {"pretrain": {"steps": args.pretrain_steps, "batch_size": args.batch_size},
                                        "rl": {"eval_every": args.eval_every, "prompts_per_step": args.prompts_per_step, "eval_problems": args.eval_problems},
-                                       "data": {"candidates": args.candidates, "samples": args.samples, "refresh_every": args.refresh_every},
+                                       "data": {"candidates": args.candidates, "samples": args.samples, "refresh_every": args.refresh_every, "window": args.window},
                                        "threads": args.threads, "tensorboard": False}
     budget = 6 * 8 if args.quick else args.budget
-    rows, summary_curves = [], {}
-    for dataset in datasets:
-        base_cfg = config_lib.build(layers, {"task": f"gym:{dataset}", "seed": args.seed})
-        task = get_task(base_cfg.task, seed=base_cfg.seed)
-        base_cfg.model.max_seq_len, _ = context.size(base_cfg, task, CharTokenizer.build())
-        base_dir = out / dataset / "base"
-        base_cfg.out = str(base_dir)
-        common.prepare_run_dir(base_dir, base_cfg)
-        base_ckpt = pretrain.run(base_cfg, base_dir)
-        common.seed_everything(base_cfg.seed, base_cfg.threads)
-        model, _ = common.load_model(base_ckpt)
-        weights = RewardWeights(base_cfg.rl.format_weight, base_cfg.rl.correct_weight, base_cfg.rl.partial_weight)
-        rl_eval = config_lib.build({"eval": {"n_problems": base_cfg.rl.eval_problems, "n_samples": 2, "ks": [1], "sample": layers.get("eval", {}).get("sample", {})}}).eval
-        base_pass = evaluate_model(model, common.load_tokenizer(base_ckpt), task, rl_eval, weights).metrics["pass@1"]
-        curves = {}
-        for arm in ARMS:
-            cfg = config_lib.build(layers, {"task": f"gym:{dataset}", "seed": args.seed, "data": {"prompts": arm}})
-            steps = steps_for(cfg, arm, budget)
-            cfg = config_lib.build(layers, {"task": f"gym:{dataset}", "seed": args.seed, "data": {"prompts": arm},
-                                            "rl": {"steps": steps, "eval_every": 1 if args.quick else args.eval_every}})
-            run_dir = out / dataset / arm
-            cfg.out = str(run_dir)
-            common.prepare_run_dir(run_dir, cfg)
-            rl_recipe.run(cfg, run_dir, base_ckpt)
-            metrics = read_metrics(run_dir / "metrics.jsonl")
-            per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
-            spent = [(m["step"] * per_step + m.get("curation/estimate_samples", 0), m["eval/pass@1"]) for m in metrics if "eval/pass@1" in m]
-            curves[arm] = [([0] + [s for s, _ in spent], [base_pass] + [p for _, p in spent])]
-            reached = next((s for s, p in spent if p >= base_pass + args.gain), None)
-            final = spent[-1][1] if spent else base_pass
-            levels = [m["curriculum/level"] for m in metrics if "curriculum/level" in m]
-            rows.append({"dataset": dataset, "arm": arm, "rl_steps": steps, "completions": spent[-1][0] if spent else 0,
-                         "base_pass@1": base_pass, "final_pass@1": final, "gain": final - base_pass,
-                         "completions_to_threshold": reached if reached is not None else "never",
-                         "top_level": max(levels) if levels else "-"})
-        summary_curves[dataset] = {arm: {"x": c[0][0], "pass@1": c[0][1]} for arm, c in curves.items()}
-        plots.curves(out / f"{dataset}_pass_at_1.png", curves, title=f"gym:{dataset}: held-out pass@1 at equal compute",
-                     xlabel="sampled completions (training + pass-rate estimates)", ylabel="pass@1")
-    parts = []
+    eval_every = 1 if args.quick else args.eval_every
+    bases = {d: make_base(d, layers, out, seeds[0], args.init) for d in datasets}
+    jobs = [(d, arm, seed, layers, budget, eval_every, bases[d][0], out / d / f"{arm}_s{seed}") for d in datasets for arm in ARMS for seed in seeds]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(run_arm, *zip(*jobs)))
+    else:
+        runs = [run_arm(*job) for job in jobs]
+    rows, summary_curves, parts = [], {}, []
     for d in datasets:
-        finals = {r["arm"]: r["final_pass@1"] for r in rows if r["dataset"] == d}
+        base_pass = bases[d][1]
+        curves, finals = {}, {}
+        for arm in ARMS:
+            mine = [r for r in runs if r["dataset"] == d and r["arm"] == arm]
+            curves[arm] = [([0] + [c for _, c, _ in r["curve"]], [base_pass] + [p for _, _, p in r["curve"]]) for r in mine]
+            final = [r["curve"][-1][2] if r["curve"] else base_pass for r in mine]
+            reached = [next((c for _, c, p in r["curve"] if p >= base_pass + args.gain), None) for r in mine]
+            steps = [next((s for s, _, p in r["curve"] if p >= base_pass + args.gain), None) for r in mine]
+            finals[arm] = sum(final) / len(final)
+            rows.append({"dataset": d, "arm": arm, "seeds": len(mine), "rl_steps": mine[0]["rl_steps"], "base_pass@1": base_pass,
+                         "final_pass@1_mean": finals[arm], "final_pass@1_seeds": " ".join(f"{v:.3f}" for v in final),
+                         "gain_mean": finals[arm] - base_pass,
+                         "completions_to_threshold": " ".join(str(c) if c is not None else "never" for c in reached),
+                         "steps_to_threshold": " ".join(str(s) if s is not None else "never" for s in steps),
+                         "train_correct_mean": sum(r["train_correct"] for r in mine) / len(mine),
+                         "estimate_samples": mine[0]["estimate_samples"], "fallback_steps": " ".join(str(r["fallback_steps"]) for r in mine),
+                         "top_level": " ".join("-" if r["top_level"] is None else str(r["top_level"]) for r in mine)})
+        summary_curves[d] = {arm: [{"x": x, "pass@1": y} for x, y in c] for arm, c in curves.items()}
+        plots.curves(out / f"{d}_pass_at_1.png", curves, title=f"gym:{d}: held-out pass@1 at equal compute ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
+                     xlabel="sampled completions (training + pass-rate estimates)", ylabel="pass@1")
         top = max(finals.values())
         leaders = [a for a, v in finals.items() if v == top]
-        parts.append(f"{d}: no arm ahead (all {top:.3f})" if len(leaders) == len(finals) else f"{d}: highest final held-out pass@1 with {', '.join(leaders)} ({top:.3f})")
+        parts.append(f"{d}: no arm ahead (all {top:.3f})" if len(leaders) == len(finals) else
+                     f"{d}: highest mean final held-out pass@1 with {', '.join(leaders)} ({top:.3f}; base {base_pass:.3f})")
     verdict = "; ".join(parts)
-    experiment.write(out, "curation", rows, {"quick": args.quick, "seeds": [args.seed], "budget_completions": budget, "gain": args.gain,
-                                             "curves": summary_curves, "verdict": verdict},
-                     title=f"uniform vs curriculum vs pass-rate curation, {budget} sampled completions per arm")
+    experiment.write(out, "curation", rows, {"quick": args.quick, "seeds": seeds, "budget_completions": budget, "gain": args.gain, "init": args.init,
+                                             "curves": summary_curves, "runs": runs, "verdict": verdict},
+                     title=f"uniform vs curriculum vs pass-rate curation, {budget} sampled completions per arm, seeds {args.seeds}")
     print(verdict)
-
 
 if __name__ == "__main__":
     main()

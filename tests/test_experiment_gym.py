@@ -18,8 +18,9 @@ def test_breadth_quick_writes_its_folder(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["dataset"] for r in summary["rows"]] == ["basic_arithmetic", "chain_sum"] and summary["quick"] is True
     assert all(r["max_seq_len"] > 128 and 0 <= r["base_pass@8"] <= 1 for r in summary["rows"])  # sized from the task
-    assert "RL gained" in summary["verdict"]
-    for png in ("gain.png", "len_change.png"):
+    assert "RL gained" in summary["verdict"] and summary["base"] == "mixed"
+    assert len({r["max_seq_len"] for r in summary["rows"]}) == 1  # one base for every dataset
+    for png in ("pass_at_1.png", "len_change.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 
@@ -31,7 +32,7 @@ def test_curation_quick_writes_its_folder(tmp_path, monkeypatch):
     rows = {r["arm"]: r for r in summary["rows"]}
     assert list(rows) == ["uniform", "curriculum", "pass_rate"]
     assert rows["pass_rate"]["rl_steps"] < rows["uniform"]["rl_steps"]  # estimation is paid out of the same budget
-    assert all(r["completions"] <= summary["budget_completions"] for r in rows.values())
-    metrics = [json.loads(line) for line in (tmp_path / "chain_sum" / "curriculum" / "metrics.jsonl").read_text().splitlines()]
+    assert all(run["curve"][-1][1] <= summary["budget_completions"] for run in summary["runs"])
+    metrics = [json.loads(line) for line in (tmp_path / "chain_sum" / "curriculum_s0" / "metrics.jsonl").read_text().splitlines()]
     assert all("curriculum/level" in m for m in metrics)
     assert (tmp_path / "chain_sum_pass_at_1.png").stat().st_size > 1000

@@ -164,6 +164,14 @@ def test_curriculum_levels_of_a_gym_dataset_are_harder_and_held_out():
     assert task.check(hard[0].answer, hard[0]) == 1.0  # scored by the dataset's own entry
 
 
+def test_a_level_pool_does_not_depend_on_the_levels_generated_before_it():
+    # A run resumed at level 1 has not generated levels 2 and 3 as the uninterrupted run did.
+    walked, direct = get_task("gym:chain_sum"), get_task("gym:chain_sum")
+    for level in (3, 2):
+        walked.level_pool(level, size=200)
+    assert walked.level_pool(1, size=200) == direct.level_pool(1, size=200)
+
+
 # --- pass-rate curation ---------------------------------------------------------------------
 
 
@@ -243,3 +251,28 @@ def test_bad_data_settings_fail_in_one_line(base_run, tmp_path, capsys, args, cu
     err = capsys.readouterr().err.strip()
     assert code == 2 and culprit in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts_mode, extra", [("curriculum", ["--data.start_level", "4", "--data.level_down", "0", "--data.window", "2"]),
+                                                 ("pass_rate", ["--data.candidates", "3", "--data.samples", "2", "--data.refresh_every", "3"])])
+def test_rl_with_a_prompt_source_killed_at_random_steps_resumes_bit_identical(base_run, tmp_path, prompts_mode, extra):
+    """SIGKILL mid-run (tests/test_resume.py's kill points), --resume: rows and final weights,
+    optimizer, RNG and the source's state (curriculum level and window, curated pool) equal an
+    uninterrupted run's."""
+    import signal
+
+    from test_resume import KILL_POINTS, RL_STEPS, rows_by_step, survive_kills
+
+    argv = ["--init", str(base_run), "--task", "gym:chain_sum", *overrides(TINY), "--rl.steps", str(RL_STEPS), "--rl.eval_every", "4",
+            "--rl.sample.max_new_tokens", "8", "--eval.sample.max_new_tokens", "8", "--save_every", "2", "--keep_checkpoints", "1000", "--data.prompts", prompts_mode, *extra]
+    reference = tmp_path / "reference"
+    assert main(["rl", "--out", str(reference), *argv]) == 0
+    ref = rows_by_step(reference)
+    if prompts_mode == "curriculum":  # the level moves across the kill points: state that must survive them
+        assert len({ref[s]["curriculum/level"] for s in ref}) >= 3
+    else:
+        assert ref[RL_STEPS]["curation/refreshes"] == (RL_STEPS - 1) // 3 + 1
+    results = survive_kills(["rl", "--out", str(tmp_path / "run"), *argv], tmp_path / "run", reference, RL_STEPS,
+                            [signal.SIGKILL] * KILL_POINTS, tmp_path)
+    assert all(results), results

@@ -12,6 +12,7 @@ def test_curves_bars_heatmap_write_nonblank_pngs(tmp_path):
     paths = [
         plots.curves(tmp_path / "c.png", arms, title="t", xlabel="step", ylabel="pass@1"),
         plots.bars(tmp_path / "b.png", {"a": [0.1, 0.3], "b": [0.5]}, title="t", ylabel="pass@1"),
+        plots.grouped_bars(tmp_path / "g.png", {"x": [0.1, 0.4], "y": [0.0, 0.2]}, series=["base", "rl"], title="t", ylabel="pass@1"),
         plots.heatmap(tmp_path / "h.png", [[1, 2, 3], [3, 2, 1]], title="t", xlabel="expert", ylabel="layer", colorbar="load"),
     ]
     for p in paths:

@@ -81,6 +81,21 @@ def bars(path: str | Path, values: Mapping[str, Sequence[float]], *, title: str,
     return _save(fig, path)
 
 
+def grouped_bars(path: str | Path, values: Mapping[str, Sequence[float]], *, series: Sequence[str], title: str, ylabel: str) -> Path:
+    """One group of bars per name, one bar per series in it (``values[name][i]`` is series ``i``),
+    e.g. pass@1 before and after RL per dataset; a legend names the series."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(values) * max(1, len(series)) / 2 + 2), 4.0))
+    names, width = list(values), 0.8 / max(1, len(series))
+    for j, label in enumerate(series):
+        ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(names))], [float(values[n][j]) for n in names],
+               width, color=f"C{j % 10}", alpha=0.85, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def heatmap(path: str | Path, matrix: Sequence[Sequence[float]], *, title: str, xlabel: str, ylabel: str,
             colorbar: str, yticklabels: Sequence[str] | None = None) -> Path:
     """A matrix as an image (rows top to bottom), e.g. expert load: layers x experts."""

@@ -105,6 +105,7 @@ class GymTask(Task):
         if not self._pools["train"]:
             raise ValueError(f"{self.name}: every training question is also a test question")
         self._test_keys = test_keys
+        self._default_questions = frozenset(self._entries)  # both default pools, before any curriculum level
 
     def _as_example(self, entry: dict[str, Any]) -> Example:
         answer = entry["answer"]
@@ -131,18 +132,21 @@ class GymTask(Task):
             seed = (self._seed + LEVEL_SEED_STRIDE * (level + 1)) % TEST_SEED  # numpy seeds stay < 2**32
             config = curriculum.generate_configuration({"size": size, "seed": seed})
             ds = reasoning_gym.create_dataset(self.dataset_name, **dataclasses.asdict(config))  # validates it
-            pool, test_questions = [], set(self._pools["test"])
+            # A level's pool depends only on (level, seed, the default pools), never on which
+            # levels were generated before it in this process: a resumed run that reaches level L
+            # without passing through the levels above draws from the same pool.
+            pool, seen = [], set()
             for i in range(len(ds)):
                 try:
                     entry = ds[i]
                 except Exception:  # noqa: BLE001 - a generator that fails on some seeds at hard levels (basic_arithmetic divides by 0)
                     continue
                 ex = self._as_example(entry)
-                if self.key(ex) in self._test_keys or ex.question in test_questions:
-                    continue
+                if self.key(ex) in self._test_keys or ex.question in self._default_questions or ex.question in seen:
+                    continue  # a twin of a test problem, a problem of the default pools, a repeat within the level
+                seen.add(ex.question)
                 self._entries.setdefault(entry["question"], entry)
-                if self._entries[entry["question"]] is entry:
-                    pool.append(ex)
+                pool.append(ex)
             if not pool:
                 raise ValueError(f"{self.name}: curriculum level {level} holds no problem outside the test split")
             self._level_pools[level] = pool
