@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -179,16 +178,21 @@ def test_only_rank_0_prints_and_logs(runs):
     assert len((run / "expert_load.jsonl").read_text().splitlines()) == STEPS
 
 
+def copy_up_to_step(src: Path, dst: Path, step: int) -> Path:
+    """A copy of run ``src`` whose checkpoints end at ``step`` (as if it had been stopped there)."""
+    shutil.copytree(src, dst)
+    for p in checkpoint.checkpoints_dir(dst).glob("step_*"):
+        if int(p.name.removeprefix("step_")) > step:
+            shutil.rmtree(p)
+    return dst
+
+
 @pytest.mark.slow
 def test_resume_at_one_process_from_a_two_process_checkpoint(runs, tmp_path):
     """Reshard 2 -> 1: the run continues from the DCP checkpoint in one plain process (batch 8:
     the same global batch and data stream) and follows the 2-process curve."""
     src, _ = runs["fsdp2"]
-    run = tmp_path / "resharded"
-    shutil.copytree(src, run)
-    for p in checkpoint.checkpoints_dir(run).glob("step_*"):
-        if int(p.name.removeprefix("step_")) > 4:
-            shutil.rmtree(p)
+    run = copy_up_to_step(src, tmp_path / "resharded", 4)
     res = r1lab("pretrain", *BASE, "--pretrain.batch_size", "8", "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming pretrain" in res.stdout
@@ -200,11 +204,7 @@ def test_resume_at_one_process_from_a_two_process_checkpoint(runs, tmp_path):
 def test_resume_at_two_fsdp2_processes_from_a_one_process_checkpoint(runs, tmp_path):
     """1 -> 2: a plain checkpoint is scattered into FSDP2 shards (weights and AdamW moments)."""
     src, _ = runs["one"]
-    run = tmp_path / "scattered"
-    shutil.copytree(src, run)
-    for p in checkpoint.checkpoints_dir(run).glob("step_*"):
-        if int(p.name.removeprefix("step_")) > 4:
-            shutil.rmtree(p)
+    run = copy_up_to_step(src, tmp_path / "scattered", 4)
     res = r1lab("pretrain", *BASE, "--pretrain.batch_size", "4", "--nproc", "2", "--dist.strategy", "fsdp2", "--out", str(run), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert losses(run) == pytest.approx(losses(src), rel=1e-5, abs=1e-6)

@@ -331,10 +331,11 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
                 process_NT = rl.process_advantages(step_r.rewards, step_r.ends, G, ro.tokens.shape[1])  # (N, T)
                 adv_N = process_NT if r.reward == "process" else rl.hybrid_advantages(process_NT, adv_N, r.process_weight)  # (N, T)
                 process_mean = sum(sum(v) / len(v) for v in step_r.rewards) / len(step_r.rewards)
-                steps_mean = sum(len(v) - 1 for v in step_r.rewards) / len(step_r.rewards)
+                n_steps = sum(len(v) - 1 for v in step_r.rewards)
+                steps_mean = n_steps / len(step_r.rewards)
                 if world > 1:  # over all ranks' completions (groups are whole per rank, so the advantages are already exact)
                     sums = distributed.all_reduce_(torch.tensor([process_mean * len(step_r.rewards), len(step_r.rewards), step_r.agree, step_r.judged,
-                                                                 sum(len(v) - 1 for v in step_r.rewards)], dtype=torch.float64)).tolist()
+                                                                 n_steps], dtype=torch.float64)).tolist()
                     process_mean, step_r.agree, step_r.judged, steps_mean = sums[0] / sums[1], int(sums[2]), int(sums[3]), sums[4] / sums[1]
                 proxy = process_mean if r.reward == "process" else r.process_weight * process_mean + (1 - r.process_weight) * proxy
             adv_N = adv_N.to(dev)
