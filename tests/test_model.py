@@ -27,11 +27,13 @@ def naive_moe(moe: MoE, x_BTD: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("dispatch", ["auto", "grouped_mm", "split"])
 @pytest.mark.parametrize("d_expert", [8, 16])
-def test_moe_dispatch_matches_naive_loop_forward_and_backward(d_expert):
+def test_moe_dispatch_matches_naive_loop_forward_and_backward(d_expert, dispatch):
     torch.manual_seed(0)
     moe = MoE(d_model=16, n_routed=6, n_shared=1, top_k=2, d_expert=d_expert, aux_loss_coef=0.0)
     assert moe.gate_before_down == (d_expert < 16)  # the gate goes on the narrower of H and D: both paths tested
+    moe.experts.dispatch = dispatch
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randn(3, 5, 16, requires_grad=True)

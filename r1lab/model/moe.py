@@ -24,6 +24,11 @@ by expert so each expert multiplies one contiguous slice, with ``torch.nn.functi
 where it runs forward and backward for the device and dtype (probed once when the layer is
 built), else ``split`` + ``unbind`` of a stacked weight (no ``W[e]`` in a loop: its backward
 allocates a full-size zero gradient per expert); results are weighted and ``index_add_``-ed back.
+On CPU ``grouped_mm`` is torch's fallback, a loop of the very ``mm`` calls that split + unbind
+makes (the two are bit-identical forward and backward, tested), so there the choice is per call
+and only about speed (``use_grouped_mm``): ``grouped_mm`` below ``CPU_SPLIT_MIN_SLOTS_PER_EXPERT``
+token-slots per expert on average (fewer Python calls: decoding, short batches), split + unbind
+from there on (1-6% faster on the benchmark's and pretraining's shapes).
 The gate weights each slot's hidden activations when the experts' hidden width is below the
 model width (fewer columns to multiply), else its output (``MoE.gate_before_down``, set at build).
 No capacity factor, so no token is dropped.
@@ -168,8 +173,31 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
+# Measured (1 thread, CPU seconds, the two kernels timed in turns; docs/architecture.md): at 1-64
+# tokens grouped_mm takes 0.36-0.87x split + unbind's time (fewer Python calls per expert), at
+# 48-128 slots per expert 0.80-1.02x, at 384-768 slots per expert 1.01-1.07x (split faster on all
+# 6 shapes measured, D 128-512, even and skewed load). The threshold sits between those points.
+CPU_SPLIT_MIN_SLOTS_PER_EXPERT = 256
+
+
+def use_grouped_mm(device_type: str, n_slots: int, n_experts: int, grouped_mm_runs: bool = True,
+                   dispatch: str = "auto") -> bool:
+    """The dispatch rule, from shapes only (so a resumed run takes the same path as the original
+    one; on CPU the two paths give bit-identical results anyway): ``grouped_mm`` where it runs,
+    except on CPU from ``CPU_SPLIT_MIN_SLOTS_PER_EXPERT`` slots per expert on. ``dispatch``
+    "grouped_mm" or "split" forces a path (benchmarks, tests); forcing grouped_mm where it does not
+    run falls back to split."""
+    if dispatch == "split" or not grouped_mm_runs:
+        return False
+    if dispatch == "grouped_mm" or device_type != "cpu":
+        return True
+    return n_slots < CPU_SPLIT_MIN_SLOTS_PER_EXPERT * n_experts
+
+
 class GroupedExperts(nn.Module):
-    """E SwiGLU experts stored as stacked weights, applied to expert-sorted token slices."""
+    """E SwiGLU experts stored as stacked weights, applied to expert-sorted token slices.
+    ``use_grouped_mm`` says whether ``F.grouped_mm`` runs for the weights' device and dtype;
+    ``dispatch`` ("auto", "grouped_mm", "split") forces a path, for benchmarks and tests."""
 
     def __init__(self, n_experts: int, d_model: int, d_hidden: int):
         super().__init__()
@@ -177,6 +205,7 @@ class GroupedExperts(nn.Module):
         self.w3_EDH = nn.Parameter(torch.empty(n_experts, d_model, d_hidden))
         self.w2_EHD = nn.Parameter(torch.empty(n_experts, d_hidden, d_model))
         self.use_grouped_mm = grouped_mm_works("cpu", torch.float32)
+        self.dispatch = "auto"
 
     def _apply(self, fn, recurse=True):  # .to(device/dtype): choose the kernel again, once
         out = super()._apply(fn, recurse)
@@ -190,13 +219,13 @@ class GroupedExperts(nn.Module):
 
         Under autocast (bf16 on a GPU) the experts compute in the autocast dtype, with the
         grouped GEMM when it runs for that dtype: autocast does not cover ``grouped_mm``."""
-        w1_EDH, w3_EDH, w2_EHD, use_grouped_mm, out_dtype = self.w1_EDH, self.w3_EDH, self.w2_EHD, self.use_grouped_mm, x_SD.dtype
+        w1_EDH, w3_EDH, w2_EHD, grouped_runs, out_dtype = self.w1_EDH, self.w3_EDH, self.w2_EHD, self.use_grouped_mm, x_SD.dtype
         if torch.is_autocast_enabled(x_SD.device.type):
             dt = torch.get_autocast_dtype(x_SD.device.type)
             x_SD, w1_EDH, w3_EDH, w2_EHD = (t.to(dt) for t in (x_SD, w1_EDH, w3_EDH, w2_EHD))
             gate_S = gate_S.to(dt) if gate_S is not None else None
-            use_grouped_mm = grouped_mm_works(x_SD.device.type, dt)
-        if use_grouped_mm:
+            grouped_runs = grouped_mm_works(x_SD.device.type, dt)
+        if use_grouped_mm(x_SD.device.type, x_SD.shape[0], len(counts_E), grouped_runs, self.dispatch):
             offs_E = counts_E.cumsum(0).to(torch.int32)
             up_SH = F.grouped_mm(x_SD, w3_EDH, offs=offs_E)
             h_SH = F.silu(F.grouped_mm(x_SD, w1_EDH, offs=offs_E)) * (up_SH if gate_S is None else up_SH * gate_S[:, None])
