@@ -20,15 +20,18 @@ def median_s(fn: Callable[[], object], repeats: int, clock: Callable[[], float] 
     return statistics.median(times)
 
 
-def medians_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def medians_interleaved(fns: dict[str, Callable[[], object]], repeats: int,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """``median_s`` of several functions, timed in turns (one warm-up each, then each repeat runs
-    every function once), so that a load change on a shared machine hits all sides alike."""
+    every function once, starting one further along the list each time), so that a load change
+    on a shared machine, or the cache a function leaves to the next, hits all sides alike."""
     for fn in fns.values():
         fn()
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = clock()
+            fns[name]()
+            times[name].append(clock() - t)
     return {name: statistics.median(v) for name, v in times.items()}
