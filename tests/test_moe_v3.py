@@ -205,3 +205,19 @@ def test_grouped_mm_and_split_are_bit_identical_at_the_presets_widths(tokens, de
         runs[dispatch] = [y, *torch.autograd.grad((y * torch.linspace(-1, 1, 128)).sum(), [xx, *m.parameters()])]
     for dispatch in ("auto", "split"):
         assert all(torch.equal(a, b) for a, b in zip(runs["grouped_mm"], runs[dispatch])), dispatch
+
+
+@pytest.mark.slow  # 16 s with two threads on the busy shared 2-core machine
+def test_input_gradient_is_reproducible_with_two_threads():
+    """The gather's backward sums each token's K slot gradients: with indexing (index_put_ with
+    accumulate) that order varied between runs with two threads at this size (4096 tokens,
+    top-6, D = 256); index_select's backward does not."""
+    torch.set_num_threads(2)  # the autouse fixture restores one thread
+    m = v3_moe(d_model=256, n_routed=64, top_k=6, d_expert=8, n_group=8, topk_group=4)
+    x = torch.randn(1, 4096, 256)
+    grads = []
+    for _ in range(3):
+        xx = x.clone().requires_grad_(True)
+        y, _ = m(xx)
+        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, 256)).sum(), xx)[0])
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
