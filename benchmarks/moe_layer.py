@@ -13,7 +13,7 @@ for the record r1lab forced onto `F.grouped_mm` (`r1lab_grouped`), forced onto s
 F >= D: the same function, other float rounding), (d) a dense SwiGLU whose hidden width equals
 the active experts' (K routed + 1 shared) x F.
 All implementations of a case are timed in turns (one warm-up each, then each repeat runs every
-one once, the order rotating), so that a load change hits all alike; each time is the median of
+one once, in a shuffled order), so that a load change hits all alike; each time is the median of
 the repeats, and the ratios are ratios of those medians.
 `hf_eager_over_dense` bounds `speedup_vs_hf_eager`: beating HF eager by more than that would mean
 beating the dense layer of equal FLOPs. `--clock cpu` times the process's CPU seconds instead of

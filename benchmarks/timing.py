@@ -3,6 +3,7 @@ on sys.path): the median of repeats after one warm-up call, as DESIGN.md's measu
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Callable
@@ -23,14 +24,16 @@ def median_s(fn: Callable[[], object], repeats: int, clock: Callable[[], float] 
 def medians_interleaved(fns: dict[str, Callable[[], object]], repeats: int,
                         clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """``median_s`` of several functions, timed in turns (one warm-up each, then each repeat runs
-    every function once, starting one further along the list each time), so that a load change
-    on a shared machine, or the cache a function leaves to the next, hits all sides alike."""
+    every function once, in an order shuffled per repeat from a fixed seed), so that a load
+    change on a shared machine, or what a function leaves to the next (caches, freed memory),
+    hits all sides alike."""
     for fn in fns.values():
         fn()
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        random.Random(r).shuffle(names)
+        for name in names:
             t = clock()
             fns[name]()
             times[name].append(clock() - t)
