@@ -6,12 +6,13 @@ Forward + backward milliseconds of one MoE layer on T tokens, with the same weig
 routing on both sides (DeepSeek-V3 sigmoid router, 8 groups, top 4 groups, one shared expert):
 (a) transformers' eager experts (a Python loop over experts that indexes the stacked weights),
 (b) transformers' grouped_mm experts where it runs forward and backward (null otherwise),
-(c) r1lab's layer as built (`r1lab`: its dispatch rule, which on CPU takes split + unbind from 256
-token-slots per expert on, so here; the gate on the experts' hidden activations, since F < D), and
-for the record r1lab forced onto `F.grouped_mm` (`r1lab_grouped`), forced onto split + unbind
-(`r1lab_split`), and with the gate on the experts' outputs (`r1lab_gate_out`, its choice when
-F >= D: the same function, other float rounding), (d) a dense SwiGLU whose hidden width equals
-the active experts' (K routed + 1 shared) x F.
+(c) r1lab's layer as built (`r1lab`: `F.grouped_mm`, which runs on CPU in torch 2.13; the gate on
+the experts' hidden activations, since F < D), and for the record r1lab forced onto
+`F.grouped_mm` (`r1lab_grouped`: the same code as `r1lab`, so `speedup_vs_r1lab_grouped_mm` is
+the timing's own noise), forced onto split + unbind (`r1lab_split`), and with the gate on the
+experts' outputs (`r1lab_gate_out`, its choice when F >= D: the same function, other float
+rounding), (d) a dense SwiGLU whose hidden width equals the active experts' (K routed + 1
+shared) x F.
 All implementations of a case are timed in turns (one warm-up each, then each repeat runs every
 one once, in a shuffled order), so that a load change hits all alike; each time is the median of
 the repeats, and the ratios are ratios of those medians.

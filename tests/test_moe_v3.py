@@ -167,25 +167,19 @@ def test_gate_before_down_projection_is_the_same_function(grouped):
     assert next(m.parameters()) is m.router.weight and ga[1].abs().sum() > 0  # the router learns through the gate
 
 
-def test_dispatch_rule_depends_on_slots_per_expert_only_on_cpu():
-    """grouped_mm at a few slots per expert on CPU, split + unbind from the threshold on; the
-    device's grouped kernel elsewhere; forced paths win; split wherever grouped_mm does not run."""
-    n = moe_lib.CPU_SPLIT_MIN_SLOTS_PER_EXPERT
-    assert moe_lib.use_grouped_mm("cpu", 8 * n - 1, 8) and not moe_lib.use_grouped_mm("cpu", 8 * n, 8)
-    assert moe_lib.use_grouped_mm("cuda", 8 * n * 10, 8)
-    assert not moe_lib.use_grouped_mm("cpu", 1, 8, dispatch="split") and moe_lib.use_grouped_mm("cpu", 10**6, 8, dispatch="grouped_mm")
-    assert not moe_lib.use_grouped_mm("cuda", 1, 8, grouped_mm_runs=False) and not moe_lib.use_grouped_mm("cpu", 1, 8, False, "grouped_mm")
+def test_dispatch_rule_takes_grouped_mm_where_it_runs_unless_forced():
+    assert moe_lib.use_grouped_mm(True) and moe_lib.use_grouped_mm(True, "grouped_mm")
+    assert not moe_lib.use_grouped_mm(True, "split") and not moe_lib.use_grouped_mm(False) and not moe_lib.use_grouped_mm(False, "grouped_mm")
 
 
 @pytest.mark.parametrize("design", ["zero", "v3-tiny"])
-@pytest.mark.parametrize("tokens", [40, 1100])  # 10-20 and 275-550 slots per expert: both sides of the rule
+@pytest.mark.parametrize("tokens", [40, 1100])  # 10-20 and 275-550 slots per expert
 def test_grouped_mm_and_split_are_bit_identical_at_the_presets_widths(tokens, design):
     """On CPU grouped_mm is a loop of the same mm calls as split + unbind. At the widths of
     `r1lab zero`'s model (D = F = 128, 8 experts, top-2) and v3-tiny's (D = 128, F = 64, 16
     experts, top-4) the outputs and every gradient (input, router, experts, shared expert) are
-    equal bit for bit, so the per-call rule leaves those runs' numbers as they were. (At toy
-    widths, D <= 32, MKL rounds the two differently: the naive-loop tests bound both paths.)
-    One thread: with more, indexing's backward itself varies from run to run."""
+    equal bit for bit: where grouped_mm does not run, split gives those models the same numbers.
+    (At toy widths, D <= 32, MKL rounds the two differently: the naive-loop tests bound both.)"""
     if not moe_lib.grouped_mm_works("cpu", torch.float32):
         pytest.skip("F.grouped_mm does not run on this CPU build")
     if design == "zero":
@@ -198,13 +192,12 @@ def test_grouped_mm_and_split_are_bit_identical_at_the_presets_widths(tokens, de
         m.router.bias_E.copy_(torch.linspace(-0.3, 0.3, 16))  # uneven load, some experts nearly idle
     x = torch.randn(1, tokens, 128)
     runs = {}
-    for dispatch in ("auto", "grouped_mm", "split"):
+    for dispatch in ("grouped_mm", "split"):
         m.experts.dispatch = dispatch
         xx = x.clone().requires_grad_(True)
         y, _ = m(xx)
         runs[dispatch] = [y, *torch.autograd.grad((y * torch.linspace(-1, 1, 128)).sum(), [xx, *m.parameters()])]
-    for dispatch in ("auto", "split"):
-        assert all(torch.equal(a, b) for a, b in zip(runs["grouped_mm"], runs[dispatch])), dispatch
+    assert all(torch.equal(a, b) for a, b in zip(runs["grouped_mm"], runs["split"]))
 
 
 @pytest.mark.slow  # 16 s with two threads on the busy shared 2-core machine

@@ -25,10 +25,9 @@ where it runs forward and backward for the device and dtype (probed once when th
 built), else ``split`` + ``unbind`` of a stacked weight (no ``W[e]`` in a loop: its backward
 allocates a full-size zero gradient per expert); results are weighted and ``index_add_``-ed back.
 On CPU ``grouped_mm`` is torch's fallback, a loop of the very ``mm`` calls that split + unbind
-makes (the two are bit-identical forward and backward, tested), so there the choice is per call
-and only about speed (``use_grouped_mm``): ``grouped_mm`` below ``CPU_SPLIT_MIN_SLOTS_PER_EXPERT``
-token-slots per expert on average (fewer Python calls: decoding, short batches), split + unbind
-from there on (1-6% faster on the benchmark's and pretraining's shapes).
+makes (bit-identical at the presets' widths, tested); it is still the choice there: up to 2.8x
+faster at a few token-slots per expert (decoding), level within this machine's noise at hundreds
+(measured, docs/architecture.md).
 The gate weights each slot's hidden activations when the experts' hidden width is below the
 model width (fewer columns to multiply), else its output (``MoE.gate_before_down``, set at build).
 No capacity factor, so no token is dropped.
@@ -173,25 +172,14 @@ def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
-# Measured (1 thread, CPU seconds, the two kernels timed in turns; docs/architecture.md): at 1-64
-# tokens grouped_mm takes 0.36-0.87x split + unbind's time (fewer Python calls per expert), at
-# 48-128 slots per expert 0.80-1.02x, at 384-768 slots per expert 1.01-1.07x (split faster on all
-# 6 shapes measured, D 128-512, even and skewed load). The threshold sits between those points.
-CPU_SPLIT_MIN_SLOTS_PER_EXPERT = 256
-
-
-def use_grouped_mm(device_type: str, n_slots: int, n_experts: int, grouped_mm_runs: bool = True,
-                   dispatch: str = "auto") -> bool:
-    """The dispatch rule, from shapes only (so a resumed run takes the same path as the original
-    one; on CPU the two paths give bit-identical results anyway): ``grouped_mm`` where it runs,
-    except on CPU from ``CPU_SPLIT_MIN_SLOTS_PER_EXPERT`` slots per expert on. ``dispatch``
-    "grouped_mm" or "split" forces a path (benchmarks, tests); forcing grouped_mm where it does not
-    run falls back to split."""
-    if dispatch == "split" or not grouped_mm_runs:
-        return False
-    if dispatch == "grouped_mm" or device_type != "cpu":
-        return True
-    return n_slots < CPU_SPLIT_MIN_SLOTS_PER_EXPERT * n_experts
+def use_grouped_mm(grouped_mm_runs: bool, dispatch: str = "auto") -> bool:
+    """The dispatch rule: ``grouped_mm`` wherever it runs forward and backward for the device and
+    dtype, CPU included, else split + unbind. Measured on CPU (one thread, the two paths timed in
+    turns): grouped_mm takes 0.36-0.87x split's time at 1-64 tokens (fewer Python calls per
+    expert) and 0.94-1.11x at 384-768 token-slots per expert, where split's apparent wins did not
+    repeat (docs/architecture.md). ``dispatch`` "grouped_mm" or "split" forces a path for
+    benchmarks and tests (forcing grouped_mm where it does not run gives split)."""
+    return dispatch != "split" and grouped_mm_runs
 
 
 class GroupedExperts(nn.Module):
@@ -225,7 +213,7 @@ class GroupedExperts(nn.Module):
             x_SD, w1_EDH, w3_EDH, w2_EHD = (t.to(dt) for t in (x_SD, w1_EDH, w3_EDH, w2_EHD))
             gate_S = gate_S.to(dt) if gate_S is not None else None
             grouped_runs = grouped_mm_works(x_SD.device.type, dt)
-        if use_grouped_mm(x_SD.device.type, x_SD.shape[0], len(counts_E), grouped_runs, self.dispatch):
+        if use_grouped_mm(grouped_runs, self.dispatch):
             offs_E = counts_E.cumsum(0).to(torch.int32)
             up_SH = F.grouped_mm(x_SD, w3_EDH, offs=offs_E)
             h_SH = F.silu(F.grouped_mm(x_SD, w1_EDH, offs=offs_E)) * (up_SH if gate_S is None else up_SH * gate_S[:, None])
