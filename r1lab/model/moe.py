@@ -268,10 +268,10 @@ class MoE(nn.Module):
         token_S = order_S // K  # which token each sorted slot came from
         counts_E = torch.bincount(flat_expert_S, minlength=self.n_routed)  # (E,)
         gate_S = route_.weights_NK.reshape(-1)[order_S].to(x_ND.dtype)
-        # index_select, not x_ND[token_S]: indexing's backward (index_put_ with accumulate) sums a
-        # token's K slot gradients in a thread-dependent order on CPU with several threads (runs
-        # at K >= 3 were not reproducible); index_select's (index_add_) is the same on every run
-        # and, with one thread, bit-identical to indexing's (tested at zero's and v3-tiny's widths).
+        # index_select, not x_ND[token_S]: indexing's backward (index_put_ with accumulate) summed a
+        # token's K slot gradients in an order that varied between runs on CPU with two threads
+        # (seen at 4096 tokens, top-6, D = 256); index_select's (index_add_) is the same on every
+        # run and, with one thread, bit-identical to indexing's (checked at zero's and v3-tiny's widths).
         x_SD = x_ND.index_select(0, token_S)
         if self.gate_before_down:
             y_ND = torch.zeros_like(x_ND).index_add_(0, token_S, self.experts(x_SD, counts_E, gate_S))
