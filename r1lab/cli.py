@@ -49,7 +49,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
     "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
-    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ("export",)),
+    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2/DeepseekV3)", ("export",)),
     "curate": ("r1lab.recipes.curate", "r1lab curate --init RUN --task T --out data.jsonl: keep train prompts whose pass rate under RUN is in a band (for jsonl:)", ("data", "rl")),
     "janus": ("r1lab.recipes.janus", "Janus in miniature: VQ tokenizer + one transformer that understands and draws images, staged training, eval", ("model", "janus", "eval")),
     "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
