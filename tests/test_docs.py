@@ -163,3 +163,15 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert quoted_commands(page.read_text()) == ["r1lab rl --rl.nope 1"]
     assert "  --rl.group_size " in cli.stage_help("rl") and "--rl.nope" not in cli.stage_help("rl")
     assert "--rl.group_size" not in cli.stage_help("sample")  # a real key, but not one sample reads
+
+
+def test_every_command_has_a_readme_section_and_a_guide():
+    """Each `r1lab` stage has a `### ... r1lab STAGE ...` section in the README that links a docs/ guide."""
+    text = README.read_text(encoding="utf-8")
+    sections = re.split(r"^### ", text, flags=re.M)[1:]
+    missing = []
+    for stage in cli.STAGES:
+        mine = [s for s in sections if re.search(rf"`r1lab {re.escape(stage)}[` ]", s.splitlines()[0])]
+        if not mine or not re.search(r"\]\(docs/[\w-]+\.md", mine[0]):
+            missing.append(stage)
+    assert not missing, f"no README section with a docs/ guide for: {missing}"
