@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 
 from r1lab import config as config_lib
@@ -48,7 +49,7 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "check-task": ("r1lab.recipes.check_task", "leak check: test problems with a twin in training, the corpus or RL prompts (exit 1 if any)", ("check", "model", "pretrain", "rl", "eval")),
     "report": ("r1lab.recipes.report", "write report.html into a run or experiment folder given as argument", ()),
     "label": ("r1lab.recipes.label", "serve a web page to label the steps of traces (--from RUN_OR_JSONL --out labels.jsonl)", ("label",)),
-    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2)", ("export",)),
+    "export": ("r1lab.recipes.export", "r1lab export RUN_OR_CHECKPOINT OUT_DIR: write a Hugging Face folder (Llama/Qwen2/DeepseekV3)", ("export",)),
     "curate": ("r1lab.recipes.curate", "r1lab curate --init RUN --task T --out data.jsonl: keep train prompts whose pass rate under RUN is in a band (for jsonl:)", ("data", "rl")),
     "janus": ("r1lab.recipes.janus", "Janus in miniature: VQ tokenizer + one transformer that understands and draws images, staged training, eval", ("model", "janus", "eval")),
     "import": ("r1lab.recipes.import_hf", "r1lab import HF_DIR OUT_DIR: convert a local Hugging Face folder into an r1lab run folder", ()),
@@ -59,6 +60,9 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 # Stages whose leading positional arguments stand for keys: `r1lab export SRC DST` = `--init SRC --out DST`.
 POSITIONAL: dict[str, tuple[str, ...]] = {"export": ("init", "out"), "import": ("init", "out")}
+# Stages that start from a model given as --init (or, for r1, may); the others train from scratch or
+# read other inputs, and refuse --init rather than ignore it.
+READS_INIT = ("rl", "eval", "sample", "curate", "sft", "rejection-sample", "distill", "prm", "export", "import", "r1")
 COMMON_KEYS = ("task", "out", "init", "seed", "threads", "resume", "save_every", "keep_checkpoints", "max_bad_steps", "tensorboard", "device")
 
 
@@ -209,6 +213,8 @@ def _run(argv: list[str], debug: bool) -> int:
     try:
         nproc, argv = nproc_flag(argv)
         stage, cfg, debug = parse(argv)
+        if cfg.init and stage not in READS_INIT:
+            raise ConfigError(f"r1lab {stage} does not read --init (it starts from scratch); the stages that start from a model: {', '.join(READS_INIT)}")
         from r1lab.tasks import get_task
 
         task = get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
@@ -233,10 +239,31 @@ def _run(argv: list[str], debug: bool) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"r1lab: error: {message}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        # An allocation the machine cannot grant, from a size the user chose (a batch, a sample
+        # count, a model that passed the size check): one line with the figure, not a traceback.
+        if debug or not out_of_memory(err):
+            raise
+        print(f"r1lab: error: out of memory: {out_of_memory(err)}; lower the batch, sample counts or model size (--debug shows where)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("r1lab: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def out_of_memory(err: BaseException) -> str:
+    """What an allocator error says it tried to allocate ("" when ``err`` is no allocation failure):
+    Python's MemoryError, torch's CPU allocator (a RuntimeError) or torch.OutOfMemoryError (CUDA)."""
+    import torch
+
+    text = str(err)
+    cpu = re.search(r"you tried to allocate (\d+) bytes", text)
+    if cpu:
+        return f"tried to allocate {int(cpu.group(1)) / 2**30:,.1f} GiB"
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return text.strip().splitlines()[0] if text.strip() else "the allocation failed"
+    return ""
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ class ConfigError(ValueError):
     """A bad config key or value; the message names the key."""
 
 
+MAX_LAYERS = 1024
+"model.n_layers above this is refused at once: building that many blocks, even to count their size, would hang"
+MAX_SEQ_LEN = 2**20
+"model.max_seq_len above this is refused at once (its RoPE tables alone would take GiBs); Qwen2.5-1M's 1,010,000 fits"
+
+
 @dataclass
 class ModelConfig:
     ffn: Literal["moe", "dense"] = "moe"
@@ -606,10 +612,12 @@ class Config:
             ("model.d_model", m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0, "must be a positive multiple of model.n_heads"),
             ("model.n_heads", m.n_heads > 0 and (m.attention == "mla" or m.n_heads % max(m.n_kv_heads, 1) == 0), "must be a positive multiple of model.n_kv_heads"),
             ("model.n_kv_heads", m.n_kv_heads > 0, "must be positive"),
-            ("model.n_layers", m.n_layers > 0, "must be positive"),
+            ("model.n_layers", 0 < m.n_layers <= MAX_LAYERS, f"must be between 1 and {MAX_LAYERS:,}"),
+            ("model.d_ff", m.d_ff > 0, "must be positive"),
+            ("model.d_expert", m.d_expert > 0, "must be positive"),
             ("model.top_k", 1 <= m.top_k <= m.n_routed_experts, f"must be between 1 and model.n_routed_experts ({m.n_routed_experts})"),
             ("model.n_shared_experts", m.n_shared_experts >= 0, "must be >= 0"),
-            ("model.max_seq_len", m.max_seq_len >= 8, "must be >= 8"),
+            ("model.max_seq_len", 8 <= m.max_seq_len <= MAX_SEQ_LEN, f"must be between 8 and {MAX_SEQ_LEN:,}"),
             ("model.init_std", m.init_std > 0, "must be positive"),
             ("model.n_group", m.n_group >= 1 and m.n_routed_experts % m.n_group == 0, f"must divide model.n_routed_experts ({m.n_routed_experts})"),
             ("model.topk_group", 1 <= m.topk_group <= m.n_group and m.topk_group * (m.n_routed_experts // max(m.n_group, 1)) >= m.top_k, "must be in [1, model.n_group] and keep at least model.top_k experts eligible"),

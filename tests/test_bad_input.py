@@ -222,3 +222,54 @@ def test_absurd_model_size_is_one_line_not_an_allocator_traceback(tmp_path, caps
     assert code == 2
     assert err.startswith("r1lab: error: model of ") and "GiB" in err and "model.d_model" in err and "Traceback" not in err
     assert not list((tmp_path / "huge").rglob("model.safetensors"))  # nothing trained, nothing saved
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["pretrain", "--model.n_layers", "100000000"], "model.n_layers: must be between 1 and 1,024"),  # was: building 1e8 blocks hung
+    (["pretrain", "--model.max_seq_len", "100000000"], "model.max_seq_len: must be between 8"),  # was: RoPE tables of 1e8 rows
+    (["pretrain", "--model.d_expert", "-4"], "model.d_expert: must be positive"),  # was: a negative-dimension traceback
+    (["pretrain", "--model.d_ff", "0"], "model.d_ff: must be positive"),
+    (["pretrain", "--init", "/nonexistent"], "r1lab pretrain does not read --init"),  # was: ignored, trained from scratch
+    (["janus", "--init", "/nonexistent"], "r1lab janus does not read --init"),
+    (["zero", "--init", "/nonexistent"], "r1lab zero does not read --init"),
+    (["rl", "--init", "/nonexistent", "--rl.group_size", "100000000"], "lower rl.prompts_per_step x rl.group_size"),  # was: sampled for ever
+    (["sample", "1+1", "--init", "/nonexistent", "--generate.n", "100000000"], "lower generate.n"),
+])
+def test_absurd_sizes_and_ignored_paths_are_one_line_before_any_work(argv, needle, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "out"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()  # refused before the run folder was made
+
+
+@pytest.mark.parametrize("key,needle", [
+    ("--model.d_model", "janus model of "),  # was: the VQ stage trained for minutes before the LM's size check
+    ("--janus.vq_channels", "VQ tokenizer of "),
+])
+def test_janus_checks_both_models_sizes_before_training_anything(key, needle, tmp_path, capsys):
+    assert main(["janus", "--out", str(tmp_path / "j"), key, "100000000", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"r1lab: error: {needle}") and "GiB" in err and key[2:] in err and err.count("\n") == 1, err
+    assert not (tmp_path / "j").exists()
+
+
+def test_an_allocation_the_machine_refuses_is_one_line_and_other_runtime_errors_keep_their_traceback(monkeypatch, tmp_path, capsys):
+    from r1lab import cli
+    from r1lab.recipes import report
+
+    (tmp_path / "config.yaml").write_text("task: chain\n")
+    # torch's CPU allocator, as `r1lab curate --data.samples 100000000` met it
+    alloc = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 320000000000 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(report, "main", lambda cfg: (_ for _ in ()).throw(alloc))
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "r1lab: error: out of memory: tried to allocate 298.0 GiB; lower the batch, sample counts or model size (--debug shows where)\n"
+    with pytest.raises(RuntimeError):  # --debug: the traceback
+        cli.main(["report", str(tmp_path), "--debug"])
+    monkeypatch.setattr(report, "main", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug, not the user's input")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["report", str(tmp_path)])
+    monkeypatch.setattr(report, "main", lambda cfg: (_ for _ in ()).throw(MemoryError()))
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("r1lab: error: out of memory: the allocation failed")

@@ -126,3 +126,27 @@ def test_a_checkpoint_of_another_shape_or_a_corrupt_one_is_refused(base_run, tmp
     (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert main(["eval", "--init", str(corrupt), *ARGS]) == 2
     assert "model.safetensors" in capsys.readouterr().err
+
+
+class _ClosedPipe:
+    """stdout whose reader has left: every write raises BrokenPipeError, as in `r1lab X --help | head -1`."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([stage, "--help"] for stage in __import__("r1lab.cli").cli.STAGES), ["prm", "label", "--help"]])
+def test_help_of_every_stage_into_a_closed_pipe_exits_quietly(argv, monkeypatch, tmp_path, capsys):
+    with open(tmp_path / "stdout", "w") as sink:  # main() points the pipe's fd at /dev/null: a file of ours, not pytest's
+        monkeypatch.setattr("sys.stdout", _ClosedPipe(sink.fileno()))
+        assert main(argv) == 141
+    assert capsys.readouterr().err == ""

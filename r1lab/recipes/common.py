@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -179,18 +180,40 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def new_model(model_cfg: ModelConfig, vocab_size: int) -> Transformer:
-    """A freshly initialised model, after checking that it can be trained here: its size is
-    counted on the meta device first (no memory), so an absurd ``--model.d_model`` ends in one
-    line naming the figures instead of an allocator traceback."""
+MODEL_KEYS = "model.d_model, model.n_layers, model.d_ff, model.d_expert, model.n_routed_experts"
+"the keys that size a model, named when it does not fit"
+
+
+def check_trainable(build: Callable[[], torch.nn.Module], what: str = "model", keys: str = MODEL_KEYS) -> None:
+    """StageError when the module ``build()`` makes cannot be trained in this machine's memory:
+    its size is counted on the meta device first (no memory), so an absurd width ends in one line
+    naming the figures and ``keys`` instead of an allocator traceback or a machine that swaps."""
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in Transformer(model_cfg, vocab_size).parameters())
+        n_params = sum(p.numel() for p in build().parameters())
     need, have = n_params * TRAIN_BYTES_PER_PARAMETER, available_memory()
     if need > have:
-        raise StageError(f"model of {n_params / 1e6:,.1f}M parameters needs about {need / 2**30:,.1f} GiB to train "
-                         f"(weights, gradients, AdamW state) but {have / 2**30:,.1f} GiB is available; "
-                         f"make it smaller (model.d_model, model.n_layers, model.d_ff, model.d_expert, model.n_routed_experts)")
+        raise StageError(f"{what} of {n_params / 1e6:,.1f}M parameters needs about {need / 2**30:,.1f} GiB to train "
+                         f"(weights, gradients, AdamW state) but {have / 2**30:,.1f} GiB is available; make it smaller ({keys})")
+
+
+def new_model(model_cfg: ModelConfig, vocab_size: int) -> Transformer:
+    """A freshly initialised model, after checking that it can be trained here (``check_trainable``)."""
+    check_trainable(lambda: Transformer(model_cfg, vocab_size))
     return Transformer(model_cfg, vocab_size)
+
+
+SAMPLED_BYTES_PER_TOKEN = 17
+"what the sampler keeps per row and token slot at the least: token id (8), log-prob (4), entropy (4), mask (1)"
+
+
+def check_sampling(rows: int, tokens: int, keys: str) -> None:
+    """StageError naming ``keys`` when ``rows`` completions of up to ``tokens`` tokens, sampled in
+    one batch, cannot fit in memory. A lower bound (the sampler's per-token outputs only, no
+    cache, no logits), so it never refuses a batch that would fit."""
+    need, have = rows * tokens * SAMPLED_BYTES_PER_TOKEN, available_memory()
+    if need > have:
+        raise StageError(f"sampling {rows:,} completions of up to {tokens:,} tokens in one batch needs over {need / 2**30:,.1f} GiB "
+                         f"but {have / 2**30:,.1f} GiB is available; lower {keys}")
 
 
 def model_state(model: Transformer) -> dict:

@@ -28,7 +28,7 @@ import torch
 from r1lab import rollout
 from r1lab.config import Config
 from r1lab.model import moe
-from r1lab.model.transformer import count_parameters
+from r1lab.model.transformer import Transformer, count_parameters
 from r1lab.recipes import common, rejection_sample
 from r1lab.recipes import sft as sft_recipe
 from r1lab.recipes.loop import TrainLoop
@@ -174,6 +174,12 @@ def main(cfg: Config) -> Path:
     common.load_tokenizer(cfg.distill.teacher)
     if not cfg.distill.teacher.startswith(common.HF_PREFIX):
         common.resolve_checkpoint(cfg.distill.teacher)  # a wrong teacher path: one line, before any folder is made
+    # The student too, before the teacher samples for minutes: a wrong --init, or a fresh student too big to train.
+    if cfg.init and not cfg.init.startswith(common.HF_PREFIX):
+        common.resolve_checkpoint(cfg.init)
+    elif not cfg.init:
+        vocab = common.load_tokenizer(cfg.distill.teacher if cfg.distill.mode == "token" else "").vocab_size
+        common.check_trainable(lambda: Transformer(cfg.model, vocab))
     run_dir = common.run_dir_for(cfg, "distill")
     common.prepare_run_dir(run_dir, cfg)
     if not cfg.init and cfg.distill.mode == "token":  # a fresh student reads its teacher's token ids

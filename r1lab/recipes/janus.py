@@ -356,6 +356,11 @@ RESUME_CHECKED = ("task", "seed", "model", "janus", "eval", "pretrain")
 
 def main(cfg: Config) -> Path:
     t0, c0 = time.time(), time.process_time()
+    # Both models' sizes are checked before any stage trains: the VQ stage must not run for
+    # minutes before an absurd --model.d_model is refused.
+    common.check_trainable(lambda: VQVAE(cfg.janus), "VQ tokenizer", "janus.vq_codebook, janus.vq_channels, janus.vq_dim")
+    common.check_trainable(lambda: JanusModel(lm_config(cfg.model, SEQ_LEN), common.load_tokenizer("").vocab_size, cfg.janus),
+                           "janus model", f"{common.MODEL_KEYS}, janus.vq_codebook, janus.enc_dim, janus.enc_layers")
     run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)

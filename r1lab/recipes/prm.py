@@ -44,6 +44,8 @@ def label(cfg: Config) -> Path:
     pc = cfg.prm
     if not cfg.init:
         raise common.StageError("prm label needs --init POLICY_RUN (the policy that writes and finishes the traces)")
+    # a lower bound when a trace has a step: each problem's traces are one batch, each prefix's rollouts at least another
+    common.check_sampling(max(pc.traces_per_problem, pc.rollouts), pc.sample.max_new_tokens, "prm.traces_per_problem / prm.rollouts")
     out = common.jsonl_out(cfg.out, "prm label", "LABELS.jsonl, the file the labelled steps go to")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)

@@ -138,6 +138,9 @@ def run(cfg: Config, out: Path, init: str | Path) -> dict:
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("rejection-sample needs --init: the run or checkpoint to sample from")
+    rc = cfg.rejection
+    common.check_sampling(min(rc.prompts_per_batch, rc.n_prompts) * rc.samples_per_prompt, rc.sample.max_new_tokens,
+                          "rejection.prompts_per_batch x rejection.samples_per_prompt")
     out = Path(cfg.out) if cfg.out else Path("runs") / f"rejection-{Path(cfg.init).name}.jsonl"
     if out.is_dir():
         raise common.StageError(f"--out {out} is a folder; rejection-sample writes a JSONL file (e.g. {out / 'traces.jsonl'})")

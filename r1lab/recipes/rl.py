@@ -525,6 +525,7 @@ def _check_distributed(cfg: Config, model_cfg) -> None:
 def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("rl needs --init RUN_OR_CHECKPOINT_FOLDER (a pretrained model)")
+    common.check_sampling(cfg.rl.prompts_per_step * cfg.rl.group_size, cfg.rl.sample.max_new_tokens, "rl.prompts_per_step x rl.group_size")
     from r1lab.recipes import janus_rl  # GRPO on images when --init is an `r1lab janus` run
 
     if janus_rl.is_janus_run(cfg.init) or cfg.task.startswith(janus_rl.PREFIX):
