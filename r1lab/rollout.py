@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from r1lab import distributed
 from r1lab.config import SampleConfig
 from r1lab.logprobs import token_logprobs
-from r1lab.model.transformer import Transformer
+from r1lab.model.transformer import SharedPrefixCache, Transformer
 
 
 @dataclass
@@ -145,9 +145,12 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     if bool((budget_N < 1).any()):
         raise ValueError(f"prompt of {int(lens_N.max())} tokens leaves no room under model.max_seq_len={max_len}")
     C = int(budget_N.max())
-    cache = model.new_cache(B, min(P + C, max_len))
+    shared = repeats > 1 and model.cfg.attention != "mla"  # GQA: the group's rows share their prompt's cache
+    cache = model.new_cache(B, P if shared else min(P + C, max_len))
     logits_BV = model(ids_BP, positions_from_mask(mask_BP), mask_BP, cache).logits_BTV[:, -1]  # (B, V)
-    if repeats > 1:
+    if shared:
+        cache = SharedPrefixCache(cache, repeats, C)
+    elif repeats > 1:
         cache.keep_rows(torch.arange(B, device=dev).repeat_interleave(repeats))
     logits_NV = logits_BV.repeat_interleave(repeats, dim=0)  # (N, V)
     prefill_s = time.perf_counter() - t0
@@ -175,7 +178,7 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
         if not alive.any():
             break
         keep = alive[rows]
-        if cache.length + 1 > max_len:
+        if not shared and cache.length + 1 > max_len:
             # The cache is full although some rows have budget left (their prompts are shorter
             # than the longest): drop the left-padding columns they all share and prefill again.
             rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
