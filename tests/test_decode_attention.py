@@ -83,3 +83,29 @@ def test_per_row_budgets_without_groups_prefill_again_when_the_cache_is_full():
     torch.testing.assert_close(logp[ro.completion_mask], ro.logprobs[ro.completion_mask], rtol=0, atol=1e-4)
     grouped = sample(model, [short, long], SampleConfig(max_new_tokens=30), -1, tok.pad_id, torch.Generator().manual_seed(0), repeats=4)
     assert torch.equal(grouped.tokens, ro.tokens)  # the shared-prompt cache draws the same tokens
+
+
+def test_fused_decoding_gives_the_same_floats_and_leaves_training_and_lora_alone():
+    from r1lab.lora import LoRALinear
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(ffn="dense", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=64, init_std=0.1, qkv_bias=True)
+    model = Transformer(cfg, vocab_size=50).eval()
+    with torch.no_grad():
+        for b in model.layers:
+            b.attn.wk.bias.normal_()  # Qwen2's biases, non-zero
+    ids, mask = left_pad([[1, 5, 6, 7, 8, 9], [1, 10, 11]], pad_id=0)
+    pos = positions_from_mask(mask)
+    with torch.no_grad():
+        want = model(ids, pos, mask).logits_BTV
+        with model.fused_decoding():
+            assert model.layers[0].attn.fused_qkv is not None
+            got = model(ids, pos, mask).logits_BTV
+    assert torch.equal(got, want)  # the same floats, not merely close
+    assert model.layers[0].attn.fused_qkv is None  # released on exit
+    with model.fused_decoding():  # a pass with gradients uses the parameters themselves
+        model(ids, pos, mask).logits_BTV.sum().backward()
+    assert model.layers[0].attn.wq.weight.grad is not None
+    model.layers[0].attn.wq = LoRALinear(model.layers[0].attn.wq, rank=2, alpha=4.0)
+    with model.fused_decoding():
+        assert model.layers[0].attn.fused_qkv is None and model.layers[1].attn.fused_qkv is not None  # an adapter is not fused away
