@@ -160,7 +160,7 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     ids_NP = ids_BP.repeat_interleave(repeats, dim=0)  # (N, P)
     key_mask = mask_BP.repeat_interleave(repeats, dim=0)  # (rows in the cache, S)
     next_pos = lens_N.clone()  # (rows in the cache,) position of the next token
-    rows = torch.arange(N, device=dev)  # which of the N rows the cache holds, in order
+    rows = None  # which of the N rows the cache holds, in order (None: all of them, no gathers)
     out_tok = torch.full((N, C), pad_id, dtype=torch.long, device=dev)  # (N, C)
     out_logp = torch.zeros(N, C, device=dev)
     out_ent = torch.zeros(N, C, device=dev)
@@ -175,27 +175,31 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
         out_ent[:, t] = torch.where(alive, ent_N, 0.0)
         valid[:, t] = alive  # the eos token itself counts; what follows it does not
         ended |= alive & (token_N == eos_id)
-        key_mask = torch.cat([key_mask, alive[rows][:, None]], dim=1)
+        key_mask = torch.cat([key_mask, (alive if rows is None else alive[rows])[:, None]], dim=1)
         alive = alive & ~ended & (t + 1 < budget_N)
         if not alive.any():
             break
-        keep = alive[rows]
+        keep = alive if rows is None else alive[rows]
         if not shared and cache.length + 1 > max_len:
             # The cache is full although some rows have budget left (their prompts are shorter
             # than the longest): drop the left-padding columns they all share and prefill again.
-            rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
+            kept = keep.nonzero().squeeze(-1)
+            rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
             seq = torch.cat([ids_NP[rows], out_tok[rows, : t + 1]], dim=1)  # (R, S)
             shift = int((~key_mask).long().cumprod(-1).sum(-1).min())  # shared leading padding
             seq, key_mask = seq[:, shift:], key_mask[:, shift:]
             cache = model.new_cache(len(rows), max_len)
             logits_R = model(seq, positions_from_mask(key_mask), key_mask, cache).logits_BTV[:, -1]
         else:
-            if int(keep.sum()) <= 3 * len(rows) // 4:  # compact when a quarter has ended
-                rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
-                cache.keep_rows(keep.nonzero().squeeze(-1))
-            logits_R = model(out_tok[rows, t : t + 1], next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
+            if int(keep.sum()) <= 3 * len(keep) // 4:  # compact when a quarter has ended
+                kept = keep.nonzero().squeeze(-1)
+                rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
+                cache.keep_rows(kept)
+            ids_R1 = out_tok[:, t : t + 1] if rows is None else out_tok[rows, t : t + 1]
+            logits_R = model(ids_R1, next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
         next_pos = next_pos + 1
-        logits_NV = logits_NV.index_copy(0, rows, logits_R.to(logits_NV.dtype))
+        logits_R = logits_R.to(logits_NV.dtype)
+        logits_NV = logits_R if rows is None else logits_NV.index_copy(0, rows, logits_R)
     model.train(was_training)
     C_used = t + 1
     tokens = torch.cat([ids_NP, out_tok[:, :C_used]], dim=1)
