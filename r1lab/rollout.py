@@ -114,7 +114,8 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     """Sample ``repeats`` completions per prompt (a GRPO group: ``repeats=G``); row ``i * repeats + j``
     is the j-th completion of prompt i.
 
-    Each prompt is prefilled once and its cache copied to its group. Every row has its own token
+    Each prompt is prefilled once and its cache shared by its group (``SharedPrefixCache``: the
+    prompt's keys are stored and read once per group; MLA models copy it to the rows). Every row has its own token
     budget, ``min(max_new_tokens, max_seq_len - len(prompt))``, whatever the other prompts'
     lengths. Rows that end leave the decode batch (their cache rows are dropped), so a batch no
     longer decodes until its longest row ends. Tokens are still drawn for all rows at every step

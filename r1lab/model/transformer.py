@@ -15,6 +15,9 @@ its own block over [RMSNorm(h_i); RMSNorm(embed(t_{i+1}))], sharing the embeddin
 head, predicting t_{i+2}; ``r1lab.model.mtp`` uses it to draft tokens for speculative decoding.
 Imported checkpoints may untie the head (``tie_embeddings``) and add Qwen2's q/k/v biases
 (``qkv_bias``); the defaults leave the model as above.
+Decoding (a few new queries over a filled cache) computes attention as batched matmuls on the
+cache's views instead of SDPA, and a GRPO group's rows may share their prompt's cache
+(``SharedPrefixCache``, Hydragen's shared-prefix decomposition, arXiv:2402.05099).
 """
 
 from __future__ import annotations
