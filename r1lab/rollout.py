@@ -8,6 +8,7 @@ distribution without top-p truncation, as TRL and verl compute them for the poli
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from r1lab import distributed
 from r1lab.config import SampleConfig
 from r1lab.logprobs import token_logprobs
-from r1lab.model.transformer import Transformer
+from r1lab.model.transformer import SharedPrefixCache, Transformer
 
 
 @dataclass
@@ -113,7 +114,8 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     """Sample ``repeats`` completions per prompt (a GRPO group: ``repeats=G``); row ``i * repeats + j``
     is the j-th completion of prompt i.
 
-    Each prompt is prefilled once and its cache copied to its group. Every row has its own token
+    Each prompt is prefilled once and its cache shared by its group (``SharedPrefixCache``: the
+    prompt's keys are stored and read once per group; MLA models copy it to the rows). Every row has its own token
     budget, ``min(max_new_tokens, max_seq_len - len(prompt))``, whatever the other prompts'
     lengths. Rows that end leave the decode batch (their cache rows are dropped), so a batch no
     longer decodes until its longest row ends. Tokens are still drawn for all rows at every step
@@ -124,7 +126,8 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
     Decoding runs under ``torch.inference_mode`` (no autograd bookkeeping on any op: 6% less CPU
     time than ``no_grad`` at the benchmark's size); the returned tensors are ordinary copies, so
     the trainer may use them in its autograd pass."""
-    with torch.inference_mode():
+    fused = model.fused_decoding() if distributed.world() == 1 else contextlib.nullcontext()  # FSDP2: weights stay as they are
+    with torch.inference_mode(), fused:
         ro = _sample(model, prompts, cfg, eos_id, pad_id, gen, repeats)
     return Rollout(ro.tokens.clone(), ro.attention_mask.clone(), ro.completion_mask.clone(), ro.logprobs.clone(), ro.prompt_len,
                    ro.finished.clone(), ro.entropy.clone(), ro.prefill_s, ro.decode_s)
@@ -145,9 +148,12 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     if bool((budget_N < 1).any()):
         raise ValueError(f"prompt of {int(lens_N.max())} tokens leaves no room under model.max_seq_len={max_len}")
     C = int(budget_N.max())
-    cache = model.new_cache(B, min(P + C, max_len))
+    shared = repeats > 1 and model.cfg.attention != "mla"  # GQA: the group's rows share their prompt's cache
+    cache = model.new_cache(B, P if shared else min(P + C, max_len))
     logits_BV = model(ids_BP, positions_from_mask(mask_BP), mask_BP, cache).logits_BTV[:, -1]  # (B, V)
-    if repeats > 1:
+    if shared:
+        cache = SharedPrefixCache(cache, repeats, C)
+    elif repeats > 1:
         cache.keep_rows(torch.arange(B, device=dev).repeat_interleave(repeats))
     logits_NV = logits_BV.repeat_interleave(repeats, dim=0)  # (N, V)
     prefill_s = time.perf_counter() - t0
@@ -155,7 +161,7 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     ids_NP = ids_BP.repeat_interleave(repeats, dim=0)  # (N, P)
     key_mask = mask_BP.repeat_interleave(repeats, dim=0)  # (rows in the cache, S)
     next_pos = lens_N.clone()  # (rows in the cache,) position of the next token
-    rows = torch.arange(N, device=dev)  # which of the N rows the cache holds, in order
+    rows = None  # which of the N rows the cache holds, in order (None: all of them, no gathers)
     out_tok = torch.full((N, C), pad_id, dtype=torch.long, device=dev)  # (N, C)
     out_logp = torch.zeros(N, C, device=dev)
     out_ent = torch.zeros(N, C, device=dev)
@@ -170,27 +176,31 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
         out_ent[:, t] = torch.where(alive, ent_N, 0.0)
         valid[:, t] = alive  # the eos token itself counts; what follows it does not
         ended |= alive & (token_N == eos_id)
-        key_mask = torch.cat([key_mask, alive[rows][:, None]], dim=1)
+        key_mask = torch.cat([key_mask, (alive if rows is None else alive[rows])[:, None]], dim=1)
         alive = alive & ~ended & (t + 1 < budget_N)
         if not alive.any():
             break
-        keep = alive[rows]
-        if cache.length + 1 > max_len:
+        keep = alive if rows is None else alive[rows]
+        if not shared and cache.length + 1 > max_len:
             # The cache is full although some rows have budget left (their prompts are shorter
             # than the longest): drop the left-padding columns they all share and prefill again.
-            rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
+            kept = keep.nonzero().squeeze(-1)
+            rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
             seq = torch.cat([ids_NP[rows], out_tok[rows, : t + 1]], dim=1)  # (R, S)
             shift = int((~key_mask).long().cumprod(-1).sum(-1).min())  # shared leading padding
             seq, key_mask = seq[:, shift:], key_mask[:, shift:]
             cache = model.new_cache(len(rows), max_len)
             logits_R = model(seq, positions_from_mask(key_mask), key_mask, cache).logits_BTV[:, -1]
         else:
-            if int(keep.sum()) <= 3 * len(rows) // 4:  # compact when a quarter has ended
-                rows, key_mask, next_pos = rows[keep], key_mask[keep], next_pos[keep]
-                cache.keep_rows(keep.nonzero().squeeze(-1))
-            logits_R = model(out_tok[rows, t : t + 1], next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
+            if int(keep.sum()) <= 3 * len(keep) // 4:  # compact when a quarter has ended
+                kept = keep.nonzero().squeeze(-1)
+                rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
+                cache.keep_rows(kept)
+            ids_R1 = out_tok[:, t : t + 1] if rows is None else out_tok[rows, t : t + 1]
+            logits_R = model(ids_R1, next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
         next_pos = next_pos + 1
-        logits_NV = logits_NV.index_copy(0, rows, logits_R.to(logits_NV.dtype))
+        logits_R = logits_R.to(logits_NV.dtype)
+        logits_NV = logits_R if rows is None else logits_NV.index_copy(0, rows, logits_R)
     model.train(was_training)
     C_used = t + 1
     tokens = torch.cat([ids_NP, out_tok[:, :C_used]], dim=1)

@@ -8,6 +8,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class RMSNorm(nn.Module):
@@ -17,6 +18,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32 and not torch.is_grad_enabled():
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # sampling: one fused op, the same floats (tested)
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
@@ -64,3 +67,21 @@ def take_rows(buf: torch.Tensor, rows: torch.Tensor, length: int, slot_dim: int)
     out = buf[:, :n] if n <= buf.shape[1] else buf.new_empty((buf.shape[0], n, *buf.shape[2:]))
     out[tuple(filled)] = src
     return out
+
+
+def cached_attention(q_BHTd: torch.Tensor, k_BKSd: torch.Tensor, v_BKSd: torch.Tensor, mask_B1TS: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Softmax attention of a few new queries (decoding, speculative verification) over cached
+    keys and values, as batched matmuls on the cache's own strided views: no copy of the cache,
+    and each of the K key heads serves its G = H / K query heads as one (G T, S) matrix (GQA
+    without repeating keys). ``F.scaled_dot_product_attention``'s CPU kernel takes several times
+    longer on 1-token queries (measured in docs/rl.md, speed). ``mask_B1TS``: True where a query
+    sees a key; every query must see at least one. Returns (B, H, T, dv)."""
+    B, H, T, d = q_BHTd.shape
+    K, S = k_BKSd.shape[1], k_BKSd.shape[2]
+    G = H // K
+    scale = d ** -0.5 if scale is None else scale
+    q = q_BHTd.reshape(B * K, G * T, d)  # query heads h = j G + g use key head j
+    s = torch.bmm(q, k_BKSd.flatten(0, 1).transpose(1, 2)).view(B, K, G, T, S)
+    s = s.float().mul_(scale).masked_fill_(~mask_B1TS[:, :, None], float("-inf"))
+    p = s.softmax(-1).to(v_BKSd.dtype).view(B * K, G * T, S)
+    return torch.bmm(p, v_BKSd.flatten(0, 1)).view(B, H, T, -1)

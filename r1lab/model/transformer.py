@@ -15,10 +15,14 @@ its own block over [RMSNorm(h_i); RMSNorm(embed(t_{i+1}))], sharing the embeddin
 head, predicting t_{i+2}; ``r1lab.model.mtp`` uses it to draft tokens for speculative decoding.
 Imported checkpoints may untie the head (``tie_embeddings``) and add Qwen2's q/k/v biases
 (``qkv_bias``); the defaults leave the model as above.
+Decoding (a few new queries over a filled cache) computes attention as batched matmuls on the
+cache's views instead of SDPA, and a GRPO group's rows may share their prompt's cache
+(``SharedPrefixCache``, Hydragen's shared-prefix decomposition, arXiv:2402.05099).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -27,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from r1lab.config import ModelConfig
-from r1lab.model.layers import RMSNorm, apply_rope, rope_tables, take_rows
+from r1lab.model.layers import RMSNorm, apply_rope, cached_attention, rope_tables, take_rows
 from r1lab.model.mla import LatentCache, MLAttention
 from r1lab.model.moe import MoE, SwiGLU
 
@@ -59,6 +63,61 @@ class KVCache:
         L, _, H, _, d = self.k.shape
         return 2 * L * H * d * self.k.element_size()
 
+    def attend(self, layer: int, q_BHTd: torch.Tensor, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor, mask_B1TS: torch.Tensor) -> torch.Tensor:
+        """Store the new keys and values, then the new queries' attention over the cache (B, H, T, d)."""
+        k, v = self.update(layer, k_BKTd, v_BKTd)
+        return cached_attention(q_BHTd, k, v, mask_B1TS)
+
+
+class SharedPrefixCache:
+    """The cache of G continuations of each of B prompts (a GRPO group, rows ``b G .. b G + G - 1``):
+    each prompt's keys and values are kept once (the prefilled ``KVCache`` of B rows) and each
+    row's new tokens in its own slots. Attention takes both at once, as Hydragen's shared-prefix
+    decomposition (Juravsky et al., arXiv:2402.05099): the queries of a group's rows meet their
+    prompt's keys as one (G H / K T, P) matmul, so decoding reads the prompt part of the cache
+    once per group instead of once per row (the cache reads that dominate attention at
+    the RL benchmark's size, docs/rl.md). ``keep_rows`` drops finished rows from the own slots;
+    the prompts stay. Key columns, as in ``KVCache``: the P prompt slots, then the own ones."""
+
+    def __init__(self, prefix: KVCache, group: int, max_new: int):
+        L, B, K, _, d = prefix.k.shape
+        self.P, self.B, self.group = prefix.length, B, group
+        self.prefix_k, self.prefix_v = prefix.k[:, :, :, : self.P], prefix.v[:, :, :, : self.P]  # (L, B, K, P, d)
+        self.own = KVCache(L, B * group, K, max_new, d, prefix.k.dtype, prefix.k.device)
+        self.rows = None  # which of the B G rows the own slots hold, in order (None: all)
+        self.length = self.P
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only rows ``rows`` (indices into the rows now held, in order) in the own slots."""
+        self.own.length = self.length - self.P
+        self.own.keep_rows(rows)
+        self.rows = rows if self.rows is None else self.rows[rows]
+
+    def attend(self, layer: int, q_nHTd: torch.Tensor, k_nKTd: torch.Tensor, v_nKTd: torch.Tensor, mask_n1TS: torch.Tensor) -> torch.Tensor:
+        """As ``KVCache.attend``, over the shared prompt slots and the rows' own slots."""
+        self.own.length = self.length - self.P
+        ko, vo = self.own.update(layer, k_nKTd, v_nKTd)  # (n, K, t, d)
+        n, H, T, d = q_nHTd.shape
+        B, G, P, K = self.B, self.group, self.P, ko.shape[1]
+        M, t = H // K * T, ko.shape[2]  # queries per key head of a row; own slots
+        rows = self.rows
+
+        def to_groups(x_nHTX: torch.Tensor) -> torch.Tensor:  # (n, H, T, X) -> (B K, G H/K T, X), finished rows zero
+            full = x_nHTX if rows is None else x_nHTX.new_zeros((B * G, *x_nHTX.shape[1:])).index_copy_(0, rows, x_nHTX)
+            return full.reshape(B, G, K, M, -1).transpose(1, 2).reshape(B * K, G * M, -1)
+
+        def from_groups(x_BKGMX: torch.Tensor) -> torch.Tensor:  # (B K, G M, X) -> (n, H, T, X)
+            full = x_BKGMX.view(B, K, G, M, -1).transpose(1, 2).reshape(B * G, H, T, -1)
+            return full if rows is None else full[rows]
+
+        kp, vp = self.prefix_k[layer].flatten(0, 1), self.prefix_v[layer].flatten(0, 1)  # (B K, P, d)
+        s_prompt = from_groups(torch.bmm(to_groups(q_nHTd), kp.transpose(1, 2)))  # (n, H, T, P)
+        s_own = torch.bmm(q_nHTd.reshape(n * K, M, d), ko.flatten(0, 1).transpose(1, 2)).view(n, H, T, t)
+        s = torch.cat([s_prompt, s_own], dim=-1).float().mul_(d ** -0.5).masked_fill_(~mask_n1TS, float("-inf"))
+        p = s.softmax(-1).to(vo.dtype)  # (n, H, T, P + t)
+        y_prompt = from_groups(torch.bmm(to_groups(p[..., :P]), vp))  # (n, H, T, d)
+        return y_prompt + torch.bmm(p[..., P:].reshape(n * K, M, t), vo.flatten(0, 1)).view(n, H, T, -1)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -69,14 +128,23 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.fused_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None  # [wq; wk; wv] while sampling (Transformer.fused_decoding)
 
-    def forward(self, x_BTD, cos, sin, mask_B1TS, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x_BTD, cos, sin, mask_B1TS, cache: KVCache | SharedPrefixCache | None, layer: int) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.wk(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
-        v = self.wv(x_BTD).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, K = self.n_heads, self.n_kv
+        if self.fused_qkv is not None and not torch.is_grad_enabled():  # one matmul, one rotation of q and k together
+            qkv = F.linear(x_BTD, *self.fused_qkv).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)  # (B, H + 2 Hkv, T, d)
+            qk = apply_rope(qkv[:, : H + K], cos, sin)
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + K :]
+        else:
+            q = self.wq(x_BTD).view(B, T, H, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+            k = self.wk(x_BTD).view(B, T, K, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
+            v = self.wv(x_BTD).view(B, T, K, self.head_dim).transpose(1, 2)  # (B, Hkv, T, d)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
+            if cache.length > 0 and mask_B1TS is not None:  # decoding: a few queries over the cache
+                return self.wo(cache.attend(layer, q, k, v, mask_B1TS).transpose(1, 2).reshape(B, T, -1))
             k, v = cache.update(layer, k, v)  # (B, Hkv, S, d)
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
@@ -178,6 +246,28 @@ class Transformer(nn.Module):
         if cfg.attention == "mla":
             return LatentCache(n_layers, batch, max_len, cfg.kv_lora_rank, cfg.qk_rope_head_dim, p.dtype, p.device)
         return KVCache(n_layers, batch, cfg.n_kv_heads, max_len, cfg.d_model // cfg.n_heads, p.dtype, p.device)
+
+    @contextlib.contextmanager
+    def fused_decoding(self):
+        """Within the block, forward passes without gradients (a sampler's) compute q, k and v as one
+        matmul on weights concatenated on entry (once per rollout: training changes them between
+        rollouts), and rotate q and k in one go: the same floats as the separate matmuls (each
+        output column is the same dot product) and rotations (tested), 9 operations fewer per
+        layer and decoded token. Plain ``nn.Linear`` projections only (a LoRA adapter's are left
+        as they are). A dense FFN's gate and up projections are not fused: SiLU over half of a
+        fused output can round differently (its vectorised and scalar paths differ) and the
+        fusion measured no faster at the benchmark's size (docs/rl.md)."""
+        attns = [b.attn for b in list(self.layers) + ([self.mtp.block] if self.mtp is not None else []) if isinstance(b.attn, Attention)]
+        with torch.no_grad():
+            for a in attns:
+                if all(type(m) is nn.Linear for m in (a.wq, a.wk, a.wv)):
+                    bias = torch.cat([a.wq.bias, a.wk.bias, a.wv.bias]) if a.wq.bias is not None else None
+                    a.fused_qkv = (torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), bias)
+        try:
+            yield self
+        finally:
+            for a in attns:
+                a.fused_qkv = None
 
     def head_weight(self) -> torch.Tensor:
         """The (V, D) output matrix: the embedding unless cfg.tie_embeddings is False."""
