@@ -36,3 +36,15 @@ def test_curation_quick_writes_its_folder(tmp_path, monkeypatch):
     metrics = [json.loads(line) for line in (tmp_path / "chain_sum" / "curriculum_s0" / "metrics.jsonl").read_text().splitlines()]
     assert all("curriculum/level" in m for m in metrics)
     assert (tmp_path / "chain_sum_pass_at_1.png").stat().st_size > 1000
+
+
+def test_curation_reads_datasets_with_options():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import curation
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    assert curation.split_datasets("gcd,letter_counting") == ["gcd", "letter_counting"]
+    spec = "family_relationships;letter_counting@min_words=30,max_words=38"
+    assert curation.split_datasets(spec) == ["family_relationships", "letter_counting@min_words=30,max_words=38"]
+    assert curation.slug("letter_counting@min_words=30,max_words=38") == "letter_counting_min_words30_max_words38"
