@@ -1,7 +1,7 @@
 """Data efficiency: uniform prompts vs a difficulty curriculum vs pass-rate curation, equal compute.
 
     python experiments/curation.py [--out DIR] [--quick] [--datasets chain_sum,basic_arithmetic] [--budget N]
-    (a dataset may carry reasoning-gym options: --datasets 'family_relationships;letter_counting@min_words=30,max_words=38')
+    (a dataset may carry reasoning-gym options: --datasets family_relationships,letter_counting@min_words=30,max_words=38)
                                    [--init CKPT] [--seeds 0,1] [--workers N]
 
 On each dataset one base is pretrained (seeded; or ``--init`` gives one, e.g. the mixed base of
@@ -52,8 +52,15 @@ def slug(dataset: str) -> str:
 
 
 def split_datasets(text: str) -> list[str]:
-    """``--datasets``: comma-separated, or semicolon-separated when a dataset carries options (their commas)."""
-    return [d.strip() for d in text.split(";" if ";" in text else ",") if d.strip()]
+    """``--datasets``: comma- (or semicolon-) separated; a part holding ``=`` but no ``@`` is one
+    more option of the dataset before it (``gcd,letter_counting@min_words=30,max_words=38``)."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.replace(";", ",").split(",")):
+        if part and "=" in part and "@" not in part and out:
+            out[-1] += "," + part
+        elif part:
+            out.append(part)
+    return out
 
 
 def steps_for(cfg, arm: str, budget: int) -> int:
@@ -113,7 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/experiments/curation")
     ap.add_argument("--quick", action="store_true", help="a tiny model and a few RL steps on one dataset: the plumbing in seconds")
-    ap.add_argument("--datasets", default="chain_sum,basic_arithmetic", help="comma-separated; semicolon-separated when a dataset carries reasoning-gym options (gym:NAME@key=value,...)")
+    ap.add_argument("--datasets", default="chain_sum,basic_arithmetic", help="comma-separated; a dataset may carry reasoning-gym options (NAME@key=value,...)")
     ap.add_argument("--init", default=None, help="start every arm from this checkpoint (e.g. experiments/breadth.py's mixed base) instead of pretraining one per dataset")
     ap.add_argument("--seeds", default="0", help="comma-separated RL seeds (the base is the same for all)")
     ap.add_argument("--pretrain-steps", type=int, default=600)
@@ -168,7 +175,7 @@ def main() -> None:
                          "estimate_samples": mine[0]["estimate_samples"], "fallback_steps": " ".join(str(r["fallback_steps"]) for r in mine),
                          "top_level": " ".join("-" if r["top_level"] is None else str(r["top_level"]) for r in mine)})
         summary_curves[d] = {arm: [{"x": x, "pass@1": y} for x, y in c] for arm, c in curves.items()}
-        plots.curves(out / f"{slug(d)}_pass_at_1.png", curves, title=f"gym:{d}: held-out pass@1 at equal compute ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
+        plots.curves(out / f"{slug(d)}_pass_at_1.png", curves, title=f"gym:{d}\nheld-out pass@1 at equal compute ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
                      xlabel="sampled completions (training + pass-rate estimates)", ylabel="pass@1")
         top = max(finals.values())
         leaders = [a for a, v in finals.items() if v == top]

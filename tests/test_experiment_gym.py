@@ -45,6 +45,7 @@ def test_curation_reads_datasets_with_options():
     finally:
         sys.path.remove(str(ROOT / "experiments"))
     assert curation.split_datasets("gcd,letter_counting") == ["gcd", "letter_counting"]
-    spec = "family_relationships;letter_counting@min_words=30,max_words=38"
-    assert curation.split_datasets(spec) == ["family_relationships", "letter_counting@min_words=30,max_words=38"]
+    hard = "letter_counting@min_words=30,max_words=38"
+    assert curation.split_datasets(hard) == [hard]
+    assert curation.split_datasets(f"family_relationships,{hard},gcd") == curation.split_datasets(f"family_relationships;{hard};gcd") == ["family_relationships", hard, "gcd"]
     assert curation.slug("letter_counting@min_words=30,max_words=38") == "letter_counting_min_words30_max_words38"
