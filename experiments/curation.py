@@ -63,6 +63,15 @@ def split_datasets(text: str) -> list[str]:
     return out
 
 
+def charged(cfg, arm: str, step: int) -> int:
+    """Completions an arm is charged after ``step`` RL steps (the plan ``steps_for`` budgets):
+    the pass-rate arm's refreshes at full size, though candidates drawn twice are estimated once."""
+    per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
+    if arm != "pass_rate" or step == 0:
+        return step * per_step
+    return step * per_step + ((step - 1) // cfg.data.refresh_every + 1) * cfg.data.candidates * cfg.data.samples
+
+
 def steps_for(cfg, arm: str, budget: int) -> int:
     """RL steps an arm can afford out of ``budget`` sampled completions (estimates included)."""
     per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
@@ -109,6 +118,7 @@ def run_arm(dataset: str, arm: str, seed: int, layers: dict, budget: int, eval_e
     spent = [(m["step"], m["step"] * per_step + m.get("curation/estimate_samples", 0), m["eval/pass@1"]) for m in metrics if "eval/pass@1" in m]
     levels = [m["curriculum/level"] for m in metrics if "curriculum/level" in m]
     return {"dataset": dataset, "arm": arm, "seed": seed, "rl_steps": steps, "curve": spent,
+            "charged": [charged(cfg, arm, s) for s, _, _ in spent],  # the seeds' common x for the plot
             "train_correct": sum(m["rollout/correct_rate"] for m in metrics) / max(len(metrics), 1),
             "zero_var": sum(m.get("rollout/zero_var_group_frac", 0.0) for m in metrics) / max(len(metrics), 1),
             "estimate_samples": metrics[-1].get("curation/estimate_samples", 0) if metrics else 0,
@@ -160,7 +170,8 @@ def main() -> None:
         curves, finals = {}, {}
         for arm in ARMS:
             mine = [r for r in runs if r["dataset"] == d and r["arm"] == arm]
-            curves[arm] = [([0] + [c for _, c, _ in r["curve"]], [base_pass] + [p for _, _, p in r["curve"]]) for r in mine]
+            # x: the completions charged (seeds of the pass-rate arm may estimate a few fewer: repeated candidates)
+            curves[arm] = [([0] + r["charged"], [base_pass] + [p for _, _, p in r["curve"]]) for r in mine]
             final = [r["curve"][-1][2] if r["curve"] else base_pass for r in mine]
             reached = [next((c for _, c, p in r["curve"] if p >= base_pass + args.gain), None) for r in mine]
             steps = [next((s for s, _, p in r["curve"] if p >= base_pass + args.gain), None) for r in mine]
