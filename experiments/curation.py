@@ -1,6 +1,7 @@
 """Data efficiency: uniform prompts vs a difficulty curriculum vs pass-rate curation, equal compute.
 
     python experiments/curation.py [--out DIR] [--quick] [--datasets chain_sum,basic_arithmetic] [--budget N]
+    (a dataset may carry reasoning-gym options: --datasets family_relationships,letter_counting@min_words=30,max_words=38)
                                    [--init CKPT] [--seeds 0,1] [--workers N]
 
 On each dataset one base is pretrained (seeded; or ``--init`` gives one, e.g. the mixed base of
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -44,6 +46,32 @@ QUICK = {
 }
 
 
+def slug(dataset: str) -> str:
+    """A file name for a dataset spec: ``letter_counting@min_words=30,max_words=38`` -> ``letter_counting_min_words30_max_words38``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.replace("=", "")).strip("_")
+
+
+def split_datasets(text: str) -> list[str]:
+    """``--datasets``: comma- (or semicolon-) separated; a part holding ``=`` but no ``@`` is one
+    more option of the dataset before it (``gcd,letter_counting@min_words=30,max_words=38``)."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.replace(";", ",").split(",")):
+        if part and "=" in part and "@" not in part and out:
+            out[-1] += "," + part
+        elif part:
+            out.append(part)
+    return out
+
+
+def charged(cfg, arm: str, step: int) -> int:
+    """Completions an arm is charged after ``step`` RL steps (the plan ``steps_for`` budgets):
+    the pass-rate arm's refreshes at full size, though candidates drawn twice are estimated once."""
+    per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
+    if arm != "pass_rate" or step == 0:
+        return step * per_step
+    return step * per_step + ((step - 1) // cfg.data.refresh_every + 1) * cfg.data.candidates * cfg.data.samples
+
+
 def steps_for(cfg, arm: str, budget: int) -> int:
     """RL steps an arm can afford out of ``budget`` sampled completions (estimates included)."""
     per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
@@ -65,7 +93,7 @@ def make_base(dataset: str, layers: dict, out: Path, seed: int, init: str | None
     task = get_task(base_cfg.task, seed=base_cfg.seed)
     if init is None:
         base_cfg.model.max_seq_len, _ = context.size(base_cfg, task, CharTokenizer.build())
-        base_dir = out / dataset / "base"
+        base_dir = out / slug(dataset) / "base"
         base_cfg.out, base_cfg.resume = str(base_dir), True
         common.prepare_run_dir(base_dir, base_cfg)
         init = str(pretrain.run(base_cfg, base_dir))
@@ -90,7 +118,9 @@ def run_arm(dataset: str, arm: str, seed: int, layers: dict, budget: int, eval_e
     spent = [(m["step"], m["step"] * per_step + m.get("curation/estimate_samples", 0), m["eval/pass@1"]) for m in metrics if "eval/pass@1" in m]
     levels = [m["curriculum/level"] for m in metrics if "curriculum/level" in m]
     return {"dataset": dataset, "arm": arm, "seed": seed, "rl_steps": steps, "curve": spent,
+            "charged": [charged(cfg, arm, s) for s, _, _ in spent],  # the seeds' common x for the plot
             "train_correct": sum(m["rollout/correct_rate"] for m in metrics) / max(len(metrics), 1),
+            "zero_var": sum(m.get("rollout/zero_var_group_frac", 0.0) for m in metrics) / max(len(metrics), 1),
             "estimate_samples": metrics[-1].get("curation/estimate_samples", 0) if metrics else 0,
             "fallback_steps": sum(1 for m in metrics if m.get("curation/fallback")),
             "top_level": max(levels) if levels else None}
@@ -100,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/experiments/curation")
     ap.add_argument("--quick", action="store_true", help="a tiny model and a few RL steps on one dataset: the plumbing in seconds")
-    ap.add_argument("--datasets", default="chain_sum,basic_arithmetic")
+    ap.add_argument("--datasets", default="chain_sum,basic_arithmetic", help="comma-separated; a dataset may carry reasoning-gym options (NAME@key=value,...)")
     ap.add_argument("--init", default=None, help="start every arm from this checkpoint (e.g. experiments/breadth.py's mixed base) instead of pretraining one per dataset")
     ap.add_argument("--seeds", default="0", help="comma-separated RL seeds (the base is the same for all)")
     ap.add_argument("--pretrain-steps", type=int, default=600)
@@ -119,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     out = Path(args.out)
-    datasets = args.datasets.split(",")[:1] if args.quick else args.datasets.split(",")
+    datasets = split_datasets(args.datasets)[:1] if args.quick else split_datasets(args.datasets)
     seeds = [int(s) for s in args.seeds.split(",")]
     layers = QUICK if args.quick else {"pretrain": {"steps": args.pretrain_steps, "batch_size": args.batch_size},
                                        "rl": {"eval_every": args.eval_every, "prompts_per_step": args.prompts_per_step, "eval_problems": args.eval_problems},
@@ -128,7 +158,7 @@ def main() -> None:
     budget = 6 * 8 if args.quick else args.budget
     eval_every = 1 if args.quick else args.eval_every
     bases = {d: make_base(d, layers, out, seeds[0], args.init) for d in datasets}
-    jobs = [(d, arm, seed, layers, budget, eval_every, bases[d][0], out / d / f"{arm}_s{seed}") for d in datasets for arm in ARMS for seed in seeds]
+    jobs = [(d, arm, seed, layers, budget, eval_every, bases[d][0], out / slug(d) / f"{arm}_s{seed}") for d in datasets for arm in ARMS for seed in seeds]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             runs = list(pool.map(run_arm, *zip(*jobs)))
@@ -140,7 +170,8 @@ def main() -> None:
         curves, finals = {}, {}
         for arm in ARMS:
             mine = [r for r in runs if r["dataset"] == d and r["arm"] == arm]
-            curves[arm] = [([0] + [c for _, c, _ in r["curve"]], [base_pass] + [p for _, _, p in r["curve"]]) for r in mine]
+            # x: the completions charged (seeds of the pass-rate arm may estimate a few fewer: repeated candidates)
+            curves[arm] = [([0] + r["charged"], [base_pass] + [p for _, _, p in r["curve"]]) for r in mine]
             final = [r["curve"][-1][2] if r["curve"] else base_pass for r in mine]
             reached = [next((c for _, c, p in r["curve"] if p >= base_pass + args.gain), None) for r in mine]
             steps = [next((s for s, _, p in r["curve"] if p >= base_pass + args.gain), None) for r in mine]
@@ -151,10 +182,11 @@ def main() -> None:
                          "completions_to_threshold": " ".join(str(c) if c is not None else "never" for c in reached),
                          "steps_to_threshold": " ".join(str(s) if s is not None else "never" for s in steps),
                          "train_correct_mean": sum(r["train_correct"] for r in mine) / len(mine),
+                         "zero_var_groups_mean": sum(r["zero_var"] for r in mine) / len(mine),
                          "estimate_samples": mine[0]["estimate_samples"], "fallback_steps": " ".join(str(r["fallback_steps"]) for r in mine),
                          "top_level": " ".join("-" if r["top_level"] is None else str(r["top_level"]) for r in mine)})
         summary_curves[d] = {arm: [{"x": x, "pass@1": y} for x, y in c] for arm, c in curves.items()}
-        plots.curves(out / f"{d}_pass_at_1.png", curves, title=f"gym:{d}: held-out pass@1 at equal compute ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
+        plots.curves(out / f"{slug(d)}_pass_at_1.png", curves, title=f"gym:{d}\nheld-out pass@1 at equal compute ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
                      xlabel="sampled completions (training + pass-rate estimates)", ylabel="pass@1")
         top = max(finals.values())
         leaders = [a for a, v in finals.items() if v == top]

@@ -36,3 +36,35 @@ def test_curation_quick_writes_its_folder(tmp_path, monkeypatch):
     metrics = [json.loads(line) for line in (tmp_path / "chain_sum" / "curriculum_s0" / "metrics.jsonl").read_text().splitlines()]
     assert all("curriculum/level" in m for m in metrics)
     assert (tmp_path / "chain_sum_pass_at_1.png").stat().st_size > 1000
+
+
+def test_curation_reads_datasets_with_options():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import curation
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    assert curation.split_datasets("gcd,letter_counting") == ["gcd", "letter_counting"]
+    hard = "letter_counting@min_words=30,max_words=38"
+    assert curation.split_datasets(hard) == [hard]
+    assert curation.split_datasets(f"family_relationships,{hard},gcd") == curation.split_datasets(f"family_relationships;{hard};gcd") == ["family_relationships", hard, "gcd"]
+    assert curation.slug("letter_counting@min_words=30,max_words=38") == "letter_counting_min_words30_max_words38"
+
+
+def test_curation_charges_each_arm_within_its_budget():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import curation
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    from r1lab import config as config_lib
+
+    for candidates, samples, refresh in ((16, 4, 5), (32, 4, 6), (8, 8, 1)):
+        cfg = config_lib.build({"rl": {"prompts_per_step": 8}, "data": {"candidates": candidates, "samples": samples, "refresh_every": refresh}})
+        for arm in curation.ARMS:
+            for budget in (1024, 1536):
+                steps = curation.steps_for(cfg, arm, budget)
+                assert curation.charged(cfg, arm, steps) <= budget < curation.charged(cfg, arm, steps + 1)
+    cfg = config_lib.build({"rl": {"prompts_per_step": 8}, "data": {"candidates": 16, "samples": 4, "refresh_every": 5}})
+    # refreshes before steps 1, 6, 11: 64 estimates each, on top of 64 completions a step
+    assert [curation.charged(cfg, "pass_rate", s) for s in (1, 5, 6, 13)] == [128, 384, 512, 13 * 64 + 3 * 64]

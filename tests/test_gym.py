@@ -124,6 +124,45 @@ def test_rl_flag_warns_on_a_never_right_base(base_run, tmp_path, capsys):
     assert json.loads((tmp_path / "rl" / "signal.json").read_text())["pass@8"] == 0.0
 
 
+# --- dataset options (gym:NAME@key=value,...) ----------------------------------------------
+
+
+def test_options_make_a_harder_variant_for_both_splits():
+    default, hard = get_task("gym:letter_counting"), get_task("gym:letter_counting@min_words=30,max_words=38")
+    words = lambda ex: len(ex.question.split('"')[-2].split())  # noqa: E731 - the quoted text
+    assert max(words(ex) for ex in default.pool("train")) <= 15
+    for split in ("train", "test"):
+        assert all(30 <= words(ex) <= 38 for ex in hard.pool(split))
+    assert hard.name == "gym:letter_counting@min_words=30,max_words=38" and hard.options == {"min_words": 30, "max_words": 38}
+    ex = hard.pool("test")[0]
+    assert hard.check(ex.answer, ex) == 1.0 and ex.solution  # scored by its own entry; worked solutions still written
+    assert not {hard.key(e) for e in hard.pool("test")} & {hard.key(e) for e in hard.pool("train")}
+
+
+def test_option_values_are_typed():
+    from r1lab.tasks.gym import parse_spec
+
+    assert parse_spec("chain_sum@max_terms=3,allow_negation=true") == ("chain_sum", {"max_terms": 3, "allow_negation": True})
+    assert parse_spec("gcd") == ("gcd", {})
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("letter_counting@colour=3", "unknown option 'colour'; its reasoning-gym config has max_words, min_words"),
+    ("letter_counting@min_words=30,max_words=3", "reasoning-gym rejects the options: max_words must be >= min_words"),
+    ("letter_counting@min_words", "option 'min_words' is not key=value"),
+])
+def test_bad_options_are_one_line_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        get_task(f"gym:{spec}")
+
+
+def test_bad_option_on_the_cli_exits_2_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--task", "gym:letter_counting@colour=3", "--out", str(out), *overrides(TINY)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'colour'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 # --- worked solutions -----------------------------------------------------------------------
 
 

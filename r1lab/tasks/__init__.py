@@ -27,13 +27,15 @@ SCENES_PREFIX = "scenes:"
 
 
 def get_task(name: str, seed: int = 0) -> Task:
-    """Build a task by registry name, ``gym:<dataset>`` for any reasoning-gym dataset, or
+    """Build a task by registry name, ``gym:<dataset>`` for any reasoning-gym dataset
+    (``gym:<dataset>@key=value,...`` overrides its config), or
     ``jsonl:<path>`` for a file of ``{"question", "answer"}`` rows. ``seed`` (the run's ``--seed``)
     generates reasoning-gym's training pool; procedural tasks draw from the caller's RNG instead."""
     if name.startswith(GYM_PREFIX):
-        from r1lab.tasks.gym import GymTask
+        from r1lab.tasks.gym import GymTask, parse_spec
 
-        return GymTask(name[len(GYM_PREFIX):], seed=seed)
+        dataset, options = parse_spec(name[len(GYM_PREFIX):])
+        return GymTask(dataset, seed=seed, options=options)
     if name.startswith(JSONL_PREFIX):
         from r1lab.tasks.jsonl import JsonlTask
 

@@ -37,6 +37,12 @@ a resumed run draws the same problems), with every twin of a test problem remove
 stays the dataset's default difficulty: a curriculum changes what is trained on, never what is
 measured.
 
+Options: ``gym:<dataset>@key=value,key=value`` overrides keys of the dataset's reasoning-gym config
+for both splits (``gym:letter_counting@min_words=30,max_words=38``: a harder variant than the
+default 5-15 words); values are read as int, float, true/false, else text. A key the config does
+not have, or a value its ``validate`` rejects, is a one-line error. Curriculum levels stay the
+library's (``set_global_level``), so a variant's target may lie above or below them.
+
 Departures: a pool of ``size`` training and ``test_size`` test entries is generated up front
 (reasoning-gym datasets are finite too); datasets without a single oracle answer get ``""`` as
 ``Example.answer``; a verifier that raises on a malformed answer scores 0 instead of crashing.
@@ -59,7 +65,32 @@ LEVEL_POOL = 500
 LEVEL_SEED_STRIDE = 1_000_003
 "curriculum level L's pool is seeded with seed + stride * (L + 1): disjoint from the default pool's seeds"
 
+OPTION_SEP = "@"
+"gym:<dataset>@key=value,...: reasoning-gym config overrides"
+
 _LIST_HINT = 'see the names with: python -c "import reasoning_gym.factory as f; print(sorted(f.DATASETS))"'
+
+
+def _option_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"letter_counting@min_words=30,max_words=38"`` -> ``("letter_counting", {"min_words": 30, "max_words": 38})``."""
+    dataset, sep, rest = spec.partition(OPTION_SEP)
+    options: dict[str, Any] = {}
+    if sep:
+        for part in rest.split(","):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise ValueError(f"gym:{spec}: option {part!r} is not key=value (e.g. gym:letter_counting@min_words=30,max_words=38)")
+            options[key.strip()] = _option_value(value.strip())
+    return dataset, options
 
 
 class GymTask(Task):
@@ -68,7 +99,7 @@ class GymTask(Task):
 
     graded = True
 
-    def __init__(self, dataset: str, size: int = 2000, seed: int = 0, test_size: int = 500):
+    def __init__(self, dataset: str, size: int = 2000, seed: int = 0, test_size: int = 500, options: dict[str, Any] | None = None):
         # Imported here: reasoning_gym takes about a second to import and most runs never use it.
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
@@ -81,11 +112,20 @@ class GymTask(Task):
             raise ValueError(f"size and test_size must be positive, got {size}, {test_size}")
         if seed <= TEST_SEED < seed + size or TEST_SEED <= seed < TEST_SEED + test_size:
             raise ValueError(f"seed {seed} overlaps the test seeds [{TEST_SEED}, {TEST_SEED + test_size})")
-        self.name = f"gym:{dataset}"
+        options = dict(options or {})
+        fields = {f.name for f in dataclasses.fields(DATASETS[dataset][1])} - {"size", "seed"}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ValueError(f"gym:{dataset}: unknown option {unknown[0]!r}; its reasoning-gym config has {', '.join(sorted(fields))}")
+        self.options = options
+        self.name = f"gym:{dataset}" + (OPTION_SEP + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
         self.dataset_name = dataset
         self._seed, self._level_pools = seed, {}
-        self._train_ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
-        test_ds = reasoning_gym.create_dataset(dataset, size=test_size, seed=TEST_SEED)
+        try:
+            self._train_ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed, **options)
+            test_ds = reasoning_gym.create_dataset(dataset, size=test_size, seed=TEST_SEED, **options)
+        except (AssertionError, TypeError, ValueError) as err:  # the config's own validate()
+            raise ValueError(f"{self.name}: reasoning-gym rejects the options: {err}") from None
         # question -> entry, for both splits (disjoint keys); first entry wins on a repeated question.
         self._entries: dict[str, dict[str, Any]] = {}
         self._pools: dict[Split, list[str]] = {"train": [], "test": []}
