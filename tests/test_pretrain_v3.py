@@ -78,6 +78,7 @@ def test_v3_model_through_rl_and_speculative_sampling(tmp_path, capsys, base_run
     assert not (before[key] == after[key]).all()
     rows = [json.loads(line) for line in (tmp_path / "rl" / "expert_load.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    assert (tmp_path / "rl" / "expert_load.png").stat().st_size > 0  # the heatmap, as pretraining draws it
     metrics = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert "moe/layer0/load_max_over_mean" in metrics[-1]
     capsys.readouterr()

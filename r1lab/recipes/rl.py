@@ -489,6 +489,8 @@ def run(cfg: Config, run_dir: Path, init: str | Path) -> Path:
         kinds = ", ".join(f"{k} x{n}" for k, n in summary["kinds"].items())
         print(f"monitor: {summary['events']} reward-hacking event(s): {kinds}; see {Path(run_dir) / EVENTS_FILE}" if summary["events"]
               else "monitor: no sign of reward hacking (proxy vs verified, exploit shapes)")
+    if distributed.is_main():
+        common.expert_load_heatmap(run_dir, "rl")
     return loop.last_path
 
 
