@@ -1,6 +1,6 @@
 """Does joint training help, and does Janus's decoupled visual encoding beat one shared encoding?
 
-    python experiments/multimodal.py [--quick] [--seeds 0 1] [--budget 0.5] [--out DIR] [--threads 1]
+    python experiments/multimodal.py [--quick] [--seeds 0 1] [--budget 0.333] [--out DIR] [--threads 1]
 
 Four arms run the real `r1lab janus` recipe with the same steps and batch size (equal compute:
 every arm sees janus.batch_size sequences per step in every stage) and the same VQ tokenizer
@@ -36,11 +36,12 @@ ARMS = {
     "gen-only": {"gen_weight": 0.9, "text_weight": 0.1},
     "shared-vq": {"und_input": "vq"},
 }
-BUDGET = 0.5
+BUDGET = 1 / 3
 """each arm's default budget without --quick, as a fraction of `r1lab janus`'s stage-II/III steps
-(stage I, the VQ tokenizer and the evaluation stay at the defaults): 0.5 is 150 + 600 + 300 steps,
-~5-9 CPU-minutes an arm at 1 thread (und-only cheapest, gen-only and shared-vq dearest). At 1/6
-(the first measurement) no arm had learnt to see or to draw; the full default (1.0) does both."""
+(stage I, the VQ tokenizer and the evaluation stay at the defaults): 1/3 is 150 + 400 + 200 steps,
+~4-7 CPU-minutes an arm at 1 thread (und-only cheapest, gen-only and shared-vq dearest), what
+two seeds of four arms could have on the shared machine. At 1/6 (stage I also cut to 50 steps) no
+arm had learnt to see or to draw; the full default (1.0) does both."""
 
 
 def budget(fraction: float) -> dict:
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=BUDGET,
-                    help="fraction of the default stage-II/III steps per arm (default %(default)s; 1.0 = the `r1lab janus` default)")
+                    help="fraction of the default stage-II/III steps per arm (default %(default).3g; 1.0 = the `r1lab janus` default)")
     ap.add_argument("--out", default="runs/experiments/multimodal")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                     help="run only these arms (several processes can share one --out; a finished arm is reused, not rerun)")
