@@ -2,9 +2,10 @@
 
     python experiments/multimodal.py [--quick] [--seeds 0 1] [--budget 0.333] [--out DIR] [--threads 1]
 
-Four arms run the real `r1lab janus` recipe with the same steps and batch size (equal compute:
-every arm sees janus.batch_size sequences per step in every stage) and the same VQ tokenizer
-settings; what changes is what the sequences are:
+Four arms run the real `r1lab janus` recipe with the same steps and batch size (every arm sees
+janus.batch_size sequences per step in every stage: equal steps and rows; not equal FLOPs, as a
+question is ~60 positions and a drawing ~130-180) and one VQ tokenizer per seed; what changes is
+what the sequences are:
 
   joint        the default mix: understanding + text-to-image + text (Janus)
   und-only     no text-to-image sequences (janus.gen_weight 0)
@@ -12,11 +13,17 @@ settings; what changes is what the sequences are:
   shared-vq    joint, but understanding reads the VQ codes through the generation embedding
                instead of the patch encoder (janus.und_input vq): one encoding for both ways
 
-Understanding is held-out pass@1 (R1 reward, exact answers); generation is the share of held-out
-prompts whose image the exact detector (scenes) or the digit classifier (digits) reads back,
-with guidance. The seed says multimodal learning is "not ready yet: no lab has shown convincing
-gains"; the verdict line compares joint with the single-task arms at this scale.
-Writes table.md, summary.json, understanding.png, generation.png under --out.
+Understanding is held-out greedy accuracy (R1 reward, exact answers; pass@1 at T = 1 beside it);
+generation is the share of held-out scene prompts whose image the exact detector reads back, with
+guidance and without (digits, read by the classifier, are only ten prompts). The seed says
+multimodal learning is "not ready yet: no lab has shown convincing gains"; the verdict line
+compares joint with the single-task arms and with the shared encoding at this scale: mean
+differences over the seeds, and each seed's own (arms of one seed share the VQ tokenizer).
+
+Each arm-seed is its own run folder under --out; processes with different --seeds or --arms can
+share one --out (a finished arm is reused, not rerun), and a last call naming all seeds merges
+them: table.md (a row per arm and seed, then a mean row per arm), summary.json (with "means"),
+understanding.png (mean, min-max whiskers, a dot per seed), generation.png.
 """
 
 from __future__ import annotations
@@ -97,30 +104,43 @@ def main() -> None:
             g, u = s["generation"]["guided"], s["understanding"]
             row = {"arm": arm, "seed": seed, "und_greedy": u["greedy_accuracy"], "und_pass@1": u["pass@1"], "blind_majority": u["blind_majority"],
                    "gen_scene_acc": g["scene_accuracy"], "gen_digit_acc": g["digit_accuracy"],
-                   "gen_scene_unguided": s["generation"]["unguided"]["scene_accuracy"], "cpu_s": round(s["timings"].get("cpu_s", s.get("cpu_s", 0))), "wall_s": round(s["wall_s"])}
+                   "gen_scene_unguided": s["generation"]["unguided"]["scene_accuracy"], "gen_digit_unguided": s["generation"]["unguided"]["digit_accuracy"],
+                   "cpu_s": round(s["timings"].get("cpu_s", s.get("cpu_s", 0))), "wall_s": round(s["wall_s"])}
             rows.append(row)
             results.setdefault(arm, []).append(row)
     if set(results) != set(ARMS):
         print(f"multimodal: arms {sorted(results)} done; run the others (or all) to write the table")
         return
 
+    seeds = sorted({r["seed"] for r in rows})
+    keys = ("und_greedy", "und_pass@1", "gen_scene_acc", "gen_scene_unguided", "gen_digit_acc", "cpu_s")
+
     def mean(arm: str, key: str) -> float:
         vals = [r[key] for r in results[arm] if r[key] == r[key]]
         return sum(vals) / len(vals) if vals else float("nan")
 
+    def gain(a: str, b: str, key: str) -> str:
+        """Mean difference a - b, and the per-seed (paired) differences when there are several seeds."""
+        per = [x[key] - y[key] for x, y in zip(results[a], results[b])]
+        return f"{mean(a, key) - mean(b, key):+.3f}" + (" (seeds " + ", ".join(f"{d:+.3f}" for d in per) + ")" if len(per) > 1 else "")
+
+    if len(seeds) > 1:  # one mean row per arm under its seeds' rows
+        rows += [{"arm": a, "seed": "mean", **{k: round(mean(a, k), 4) for k in rows[0] if k not in ("arm", "seed")}} for a in results]
     plots.bars(out / "understanding.png", {a: [r["und_greedy"] for r in rs] for a, rs in results.items()},
                title="held-out understanding (greedy; blind majority answer %.2f)" % rows[0]["blind_majority"], ylabel="accuracy (fraction of questions)")
-    plots.bars(out / "generation.png", {a: [r["gen_scene_acc"] for r in rs] for a, rs in results.items()},
-               title="held-out generation (scenes, exact detector)", ylabel="fraction of prompts drawn correctly")
-    und_gain = mean("joint", "und_greedy") - mean("und-only", "und_greedy")
-    gen_gain = mean("joint", "gen_scene_acc") - mean("gen-only", "gen_scene_acc")
-    dec_gain = mean("joint", "und_greedy") - mean("shared-vq", "und_greedy")
-    verdict = (f"joint - single-task: understanding {und_gain:+.3f}, generation {gen_gain:+.3f}; decoupled - shared VQ encoding "
-               f"(understanding) {dec_gain:+.3f}; {len(args.seeds)} seed(s)" + (" (--quick: a smoke run, no evidence)" if args.quick else ""))
-    experiment.write(out, "multimodal", rows, {"arms": list(ARMS), "verdict": verdict, "quick": args.quick},
+    plots.grouped_bars(out / "generation.png", {a: [mean(a, "gen_scene_unguided"), mean(a, "gen_scene_acc")] for a in results},
+                       series=["no guidance", f"guidance (mean of {len(seeds)} seed(s))"],
+                       title="held-out generation (scenes, exact detector)", ylabel="fraction of prompts drawn correctly")
+    verdict = (f"joint - single-task: understanding {gain('joint', 'und-only', 'und_greedy')}, generation (scenes, guided) "
+               f"{gain('joint', 'gen-only', 'gen_scene_acc')}, unguided {gain('joint', 'gen-only', 'gen_scene_unguided')}; "
+               f"decoupled - shared VQ encoding: understanding {gain('joint', 'shared-vq', 'und_greedy')}, generation (guided) "
+               f"{gain('joint', 'shared-vq', 'gen_scene_acc')}; {len(seeds)} seed(s), budget {args.budget:.3g} of the default stage-II/III steps"
+               + (" (--quick: a smoke run, no evidence)" if args.quick else ""))
+    means = {a: {k: mean(a, k) for k in keys} for a in results}
+    experiment.write(out, "multimodal", rows, {"arms": list(ARMS), "seeds": seeds, "budget": None if args.quick else args.budget, "means": means,
+                                               "verdict": verdict, "quick": args.quick},
                      title="joint vs separate training, decoupled vs shared visual encoding")
     print(verdict)
-
 
 if __name__ == "__main__":
     main()
