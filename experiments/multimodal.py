@@ -22,7 +22,7 @@ differences over the seeds, and each seed's own (arms of one seed share the VQ t
 
 Each arm-seed is its own run folder under --out; processes with different --seeds or --arms can
 share one --out (a finished arm is reused, not rerun), and a last call naming all seeds merges
-them: table.md (a row per arm and seed, then a mean row per arm), summary.json (with "means"),
+them (with --merge it trains nothing and tabulates whatever arm-seeds are finished): table.md (a row per arm and seed, then a mean row per arm), summary.json (with "means"),
 understanding.png (mean, min-max whiskers, a dot per seed), generation.png.
 """
 
@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=BUDGET,
                     help="fraction of the default stage-II/III steps per arm (default %(default).3g; 1.0 = the `r1lab janus` default)")
     ap.add_argument("--out", default="runs/experiments/multimodal")
+    ap.add_argument("--merge", action="store_true",
+                    help="train nothing: write the table, plots and summary of the arm-seeds already finished under --out")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                     help="run only these arms (several processes can share one --out; a finished arm is reused, not rerun)")
     args = ap.parse_args()
@@ -91,6 +93,8 @@ def main() -> None:
     for arm in args.arms:
         for seed in args.seeds:
             run = out / arm / f"seed{seed}"
+            if args.merge and not (run / "summary.json").is_file():
+                continue  # --merge reads finished arms only
             if not (run / "summary.json").is_file():
                 # Every arm of a seed reads the same VQ tokenizer (same settings and seed): trained
                 # once, copied into each arm's folder, where the recipe resumes it as finished.
@@ -108,9 +112,11 @@ def main() -> None:
                    "cpu_s": round(s["timings"].get("cpu_s", s.get("cpu_s", 0))), "wall_s": round(s["wall_s"])}
             rows.append(row)
             results.setdefault(arm, []).append(row)
-    if set(results) != set(ARMS):
-        print(f"multimodal: arms {sorted(results)} done; run the others (or all) to write the table")
+    if not args.merge and set(results) != set(ARMS):
+        print(f"multimodal: arms {sorted(results)} done; run the others (or all), or --merge, to write the table")
         return
+    if not rows:
+        raise SystemExit(f"multimodal: no finished arm under {out}")
 
     seeds = sorted({r["seed"] for r in rows})
     keys = ("und_greedy", "und_pass@1", "gen_scene_acc", "gen_scene_unguided", "gen_digit_acc", "cpu_s")
@@ -120,23 +126,26 @@ def main() -> None:
         return sum(vals) / len(vals) if vals else float("nan")
 
     def gain(a: str, b: str, key: str) -> str:
-        """Mean difference a - b, and the per-seed (paired) differences when there are several seeds."""
-        per = [x[key] - y[key] for x, y in zip(results[a], results[b])]
-        return f"{mean(a, key) - mean(b, key):+.3f}" + (" (seeds " + ", ".join(f"{d:+.3f}" for d in per) + ")" if len(per) > 1 else "")
+        """Mean difference a - b over the seeds both arms finished, and each seed's own (paired)."""
+        xa, xb = ({r["seed"]: r[key] for r in results.get(arm, [])} for arm in (a, b))
+        per = [xa[seed] - xb[seed] for seed in sorted(set(xa) & set(xb))]
+        if not per:
+            return "n/a (an arm is not finished)"
+        return f"{sum(per) / len(per):+.3f}" + (" (seeds " + ", ".join(f"{d:+.3f}" for d in per) + ")" if len(per) > 1 else f" (seed {min(set(xa) & set(xb))})")
 
     if len(seeds) > 1:  # one mean row per arm under its seeds' rows
         rows += [{"arm": a, "seed": "mean", **{k: round(mean(a, k), 4) for k in rows[0] if k not in ("arm", "seed")}} for a in results]
     plots.bars(out / "understanding.png", {a: [r["und_greedy"] for r in rs] for a, rs in results.items()},
                title="held-out understanding (greedy; blind majority answer %.2f)" % rows[0]["blind_majority"], ylabel="accuracy (fraction of questions)")
     plots.grouped_bars(out / "generation.png", {a: [mean(a, "gen_scene_unguided"), mean(a, "gen_scene_acc")] for a in results},
-                       series=["no guidance", f"guidance (mean of {len(seeds)} seed(s))"],
+                       series=["no guidance", "guidance (means over seeds)"],
                        title="held-out generation (scenes, exact detector)", ylabel="fraction of prompts drawn correctly")
     verdict = (f"joint - single-task: understanding {gain('joint', 'und-only', 'und_greedy')}, generation (scenes, guided) "
                f"{gain('joint', 'gen-only', 'gen_scene_acc')}, unguided {gain('joint', 'gen-only', 'gen_scene_unguided')}; "
                f"decoupled - shared VQ encoding: understanding {gain('joint', 'shared-vq', 'und_greedy')}, generation (guided) "
-               f"{gain('joint', 'shared-vq', 'gen_scene_acc')}; {len(seeds)} seed(s), budget {args.budget:.3g} of the default stage-II/III steps"
+               f"{gain('joint', 'shared-vq', 'gen_scene_acc')}; seeds {seeds}, budget {args.budget:.3g} of the default stage-II/III steps"
                + (" (--quick: a smoke run, no evidence)" if args.quick else ""))
-    means = {a: {k: mean(a, k) for k in keys} for a in results}
+    means = {a: {k: mean(a, k) for k in keys} | {"seeds": [r["seed"] for r in results[a]]} for a in results}
     experiment.write(out, "multimodal", rows, {"arms": list(ARMS), "seeds": seeds, "budget": None if args.quick else args.budget, "means": means,
                                                "verdict": verdict, "quick": args.quick},
                      title="joint vs separate training, decoupled vs shared visual encoding")
