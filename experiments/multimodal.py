@@ -23,7 +23,8 @@ differences over the seeds, and each seed's own (arms of one seed share the VQ t
 Each arm-seed is its own run folder under --out; processes with different --seeds or --arms can
 share one --out (a finished arm is reused, not rerun), and a last call naming all seeds merges
 them (with --merge it trains nothing and tabulates whatever arm-seeds are finished): table.md (a row per arm and seed, then a mean row per arm), summary.json (with "means"),
-understanding.png (mean, min-max whiskers, a dot per seed), generation.png.
+understanding.png (mean, min-max whiskers, a dot per seed), understanding_by_kind.png (scenes and
+digits, each beside its own blind bar), generation.png.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def main() -> None:
                 janus.main(config_lib.build(layer))
             s = json.loads((run / "summary.json").read_text())
             g, u = s["generation"]["guided"], s["understanding"]
-            row = {"arm": arm, "seed": seed, "und_greedy": u["greedy_accuracy"], "und_pass@1": u["pass@1"], "blind_majority": u["blind_majority"],
+            row = {"arm": arm, "seed": seed, "und_greedy": u["greedy_accuracy"], "und_scene_greedy": u.get("scene_greedy_accuracy", float("nan")),
+                   "und_digit_greedy": u.get("digit_greedy_accuracy", float("nan")), "und_pass@1": u["pass@1"], "blind_majority": u["blind_majority"],
                    "gen_scene_acc": g["scene_accuracy"], "gen_digit_acc": g["digit_accuracy"],
                    "gen_scene_unguided": s["generation"]["unguided"]["scene_accuracy"], "gen_digit_unguided": s["generation"]["unguided"]["digit_accuracy"],
                    "cpu_s": round(s["timings"].get("cpu_s", s.get("cpu_s", 0))), "wall_s": round(s["wall_s"])}
@@ -119,7 +121,12 @@ def main() -> None:
         raise SystemExit(f"multimodal: no finished arm under {out}")
 
     seeds = sorted({r["seed"] for r in rows})
-    keys = ("und_greedy", "und_pass@1", "gen_scene_acc", "gen_scene_unguided", "gen_digit_acc", "cpu_s")
+    # The blind bars of each kind's questions (every arm answers the same held-out questions).
+    items = janus.eval_items(config_lib.build(base))
+    j = config_lib.build(base).janus
+    bars = {kind: janus.blind_baselines([it for it in items if it.kind == kind], j.digit_fraction)["blind_majority"]
+            for kind in ("scene", "digit") if any(it.kind == kind for it in items)}
+    keys = ("und_greedy", "und_scene_greedy", "und_digit_greedy", "und_pass@1", "gen_scene_acc", "gen_scene_unguided", "gen_digit_acc", "cpu_s")
 
     def mean(arm: str, key: str) -> float:
         vals = [r[key] for r in results[arm] if r[key] == r[key]]
@@ -137,16 +144,20 @@ def main() -> None:
         rows += [{"arm": a, "seed": "mean", **{k: round(mean(a, k), 4) for k in rows[0] if k not in ("arm", "seed")}} for a in results]
     plots.bars(out / "understanding.png", {a: [r["und_greedy"] for r in rs] for a, rs in results.items()},
                title="held-out understanding (greedy; blind majority answer %.2f)" % rows[0]["blind_majority"], ylabel="accuracy (fraction of questions)")
+    plots.grouped_bars(out / "understanding_by_kind.png", {a: [mean(a, "und_scene_greedy"), mean(a, "und_digit_greedy")] for a in results},
+                       series=[f"scenes (blind {bars.get('scene', float('nan')):.2f})", f"digits (blind {bars.get('digit', float('nan')):.2f})"],
+                       title="held-out understanding by kind (greedy, means over seeds)", ylabel="accuracy")
     plots.grouped_bars(out / "generation.png", {a: [mean(a, "gen_scene_unguided"), mean(a, "gen_scene_acc")] for a in results},
                        series=["no guidance", "guidance (means over seeds)"],
                        title="held-out generation (scenes, exact detector)", ylabel="fraction of prompts drawn correctly")
-    verdict = (f"joint - single-task: understanding {gain('joint', 'und-only', 'und_greedy')}, generation (scenes, guided) "
+    verdict = (f"joint - single-task: understanding {gain('joint', 'und-only', 'und_greedy')} (scenes {gain('joint', 'und-only', 'und_scene_greedy')}, "
+               f"digits {gain('joint', 'und-only', 'und_digit_greedy')}), generation (scenes, guided) "
                f"{gain('joint', 'gen-only', 'gen_scene_acc')}, unguided {gain('joint', 'gen-only', 'gen_scene_unguided')}; "
                f"decoupled - shared VQ encoding: understanding {gain('joint', 'shared-vq', 'und_greedy')}, generation (guided) "
                f"{gain('joint', 'shared-vq', 'gen_scene_acc')}; seeds {seeds}, budget {args.budget:.3g} of the default stage-II/III steps"
                + (" (--quick: a smoke run, no evidence)" if args.quick else ""))
     means = {a: {k: mean(a, k) for k in keys} | {"seeds": [r["seed"] for r in results[a]]} for a in results}
-    experiment.write(out, "multimodal", rows, {"arms": list(ARMS), "seeds": seeds, "budget": None if args.quick else args.budget, "means": means,
+    experiment.write(out, "multimodal", rows, {"arms": list(ARMS), "seeds": seeds, "blind_majority_by_kind": bars, "budget": None if args.quick else args.budget, "means": means,
                                                "verdict": verdict, "quick": args.quick},
                      title="joint vs separate training, decoupled vs shared visual encoding")
     print(verdict)

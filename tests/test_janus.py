@@ -227,7 +227,10 @@ def test_janus_end_to_end_writes_figures_grids_and_report(tmp_path):
     out = tmp_path / "run"
     assert main(["janus", "--out", str(out), *ARGS]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert 0 <= s["understanding"]["pass@1"] <= 1 and s["understanding"]["questions"] == 6
+    u = s["understanding"]
+    assert 0 <= u["pass@1"] <= 1 and u["questions"] == 6
+    kinds = [u[f"{k}_blind_majority"] for k in ("scene", "digit") if f"{k}_blind_majority" in u]  # each kind's own bar
+    assert kinds and min(kinds) - 1e-9 <= u["blind_majority"] <= max(kinds) + 1e-9  # the overall bar is their weighted mean
     assert s["generation"]["guided"]["scene_prompts"] == 4 and s["generation"]["guided"]["digit_prompts"] == 10
     assert s["digit_classifier_heldout_accuracy"] > 0.9
     for stage in ("vq", "align", "unified", "instruct"):
