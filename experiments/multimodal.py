@@ -22,9 +22,9 @@ differences over the seeds, and each seed's own (arms of one seed share the VQ t
 
 Each arm-seed is its own run folder under --out; processes with different --seeds or --arms can
 share one --out (a finished arm is reused, not rerun), and a last call naming all seeds merges
-them (with --merge it trains nothing and tabulates whatever arm-seeds are finished): table.md (a row per arm and seed, then a mean row per arm), summary.json (with "means"),
-understanding.png (mean, min-max whiskers, a dot per seed), understanding_by_kind.png (scenes and
-digits, each beside its own blind bar), generation.png.
+them (with --merge it trains nothing and tabulates whatever arm-seeds are finished): table.md
+(a row per arm and seed, then a mean row per arm), summary.json (with "means"), (mean, min-max whiskers, a dot per seed), understanding_by_kind.png (scenes and digits, each
+beside its own blind bar), generation.png.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ ARMS = {
 BUDGET = 1 / 3
 """each arm's default budget without --quick, as a fraction of `r1lab janus`'s stage-II/III steps
 (stage I, the VQ tokenizer and the evaluation stay at the defaults): 1/3 is 150 + 400 + 200 steps,
-~4-7 CPU-minutes an arm at 1 thread (und-only cheapest, gen-only and shared-vq dearest), what
-two seeds of four arms could have on the shared machine. At 1/6 (stage I also cut to 50 steps) no
-arm had learnt to see or to draw; the full default (1.0) does both."""
+~4-6 CPU-minutes an arm at 1 thread (und-only cheapest), what two seeds of four arms could have on
+a shared machine. Neither 1/6 nor 1/3 learnt to see or draw (docs/janus.md); the full default
+(1.0, ~16 CPU-minutes an arm) reads digits and draws scenes."""
 
 
 def budget(fraction: float) -> dict:
