@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_janus import ARGS, tiny_model
+from test_janus import ARGS, mixed_rows, tiny_model
 from test_resume import KILL_SEED, interrupt, rows_by_step, same_checkpoint
 from r1lab import checkpoint
 from r1lab.cli import main
@@ -34,13 +34,7 @@ def janus_run(tmp_path_factory):
 
 def test_target_logprobs_are_the_losses_own_log_likelihoods():
     model, tok = tiny_model()
-    rng = random.Random(0)
-    cfg_rows = []
-    for _ in range(3):
-        item = janus.draw_item(rng, "train", 0.3)
-        cfg_rows.append(janus.qa_row(tok, item))
-        cfg_rows.append([S.Text(tok.prompt_ids(item.prompt)), S.Codes([rng.randrange(16) for _ in range(64)])])
-    batch = S.assemble(model, cfg_rows, tok.pad_id)
+    batch = S.assemble(model, mixed_rows(tok, 6, seed=0), tok.pad_id)
     with torch.no_grad():
         ref = S.losses(model, batch)
         logp, mask = S.target_logprobs(model, batch)

@@ -22,6 +22,7 @@ the task's own corpus (``task``, chain by default). Run folder::
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -239,12 +240,17 @@ def exact(answer: str, reference: str) -> float:
     return float(answer.strip() == reference)
 
 
+def eval_items(cfg: Config) -> list[Item]:
+    """The held-out questions of every evaluation of a run (test-split scenes and digits, seeded)."""
+    rng = random.Random(cfg.eval.seed)
+    return [draw_item(rng, "test", cfg.janus.digit_fraction) for _ in range(cfg.janus.eval_questions)]
+
+
 def eval_understanding(model: JanusModel, tok: BaseTokenizer, cfg: Config, vq: VQVAE, chunk: int = 128) -> dict:
     """pass@k of answers to held-out questions (test-split scenes and digits), each completion
     scored by the R1 reward (format + exact answer), n = janus.eval_samples at eval temperature."""
-    j, n = cfg.janus, cfg.janus.eval_samples
-    rng = random.Random(cfg.eval.seed)
-    items = [draw_item(rng, "test", j.digit_fraction) for _ in range(j.eval_questions)]
+    n = cfg.janus.eval_samples
+    items = eval_items(cfg)
     gen = torch.Generator().manual_seed(cfg.eval.seed)
     prefixes = [question_prefix(tok, it.pixels, it.question, shared(cfg, vq)) for it in items for _ in range(n)]
     texts: list[str] = []
@@ -271,6 +277,10 @@ def eval_understanding(model: JanusModel, tok: BaseTokenizer, cfg: Config, vq: V
         if sel:
             out[f"{kind}_greedy_accuracy"] = float(np.mean(sel))
     out.update(blind_baselines(items, cfg.janus.digit_fraction))
+    for kind in ("scene", "digit"):  # each kind's own bar: scene answers are far from uniform, digits nearly so
+        sel = [it for it in items if it.kind == kind]
+        if sel:
+            out.update({f"{kind}_{k}": v for k, v in blind_baselines(sel, cfg.janus.digit_fraction).items()})
     out.update(n=n, temperature=cfg.eval.sample.temperature, questions=len(items),
                examples=[{"question": it.question, "answer": it.answer, "completion": texts[q * n]} for q, it in enumerate(items[:8])])
     return out
@@ -280,11 +290,9 @@ BLIND_DRAWS = 20_000
 "training questions drawn to estimate each question's answer distribution for the blind baselines"
 
 
-def blind_baselines(items: list[Item], digit_fraction: float) -> dict[str, float]:
-    """What a model that never looks at the image scores on ``items``: answering each question with
-    its most frequent training answer (``blind_majority``, the bar for greedy accuracy), and
-    sampling the training answer distribution (``blind_sampling``, the bar for pass@1 at
-    temperature 1). Estimated from ``BLIND_DRAWS`` training questions (a fixed seed)."""
+@functools.lru_cache(maxsize=4)
+def answer_counts(digit_fraction: float) -> dict[str, dict[str, int]]:
+    """How often each answer follows each question in ``BLIND_DRAWS`` training questions (fixed seed)."""
     rng = random.Random(12345)
     counts: dict[str, dict[str, int]] = {}
     for _ in range(BLIND_DRAWS):
@@ -294,6 +302,15 @@ def blind_baselines(items: list[Item], digit_fraction: float) -> dict[str, float
             q, a = scenes.question(scenes.sample_scene(rng, "train"), rng)
         counts.setdefault(q, {}).setdefault(a, 0)
         counts[q][a] += 1
+    return counts
+
+
+def blind_baselines(items: list[Item], digit_fraction: float) -> dict[str, float]:
+    """What a model that never looks at the image scores on ``items``: answering each question with
+    its most frequent training answer (``blind_majority``, the bar for greedy accuracy), and
+    sampling the training answer distribution (``blind_sampling``, the bar for pass@1 at
+    temperature 1). Estimated from ``BLIND_DRAWS`` training questions (a fixed seed)."""
+    counts = answer_counts(digit_fraction)
     majority = [float(max(counts.get(it.question, {"": 1}).items(), key=lambda kv: kv[1])[0] == it.answer) for it in items]
     sampling = [counts.get(it.question, {}).get(it.answer, 0) / max(1, sum(counts.get(it.question, {}).values())) for it in items]
     return {"blind_majority": float(np.mean(majority)), "blind_sampling": float(np.mean(sampling))}
@@ -413,7 +430,8 @@ def main(cfg: Config) -> Path:
     grids(run_dir, cfg, img_plain, gen_plain["verdicts"], "held-out prompts, no guidance (scale 1)", "generated_unguided")
     rows = [{"": "model", "greedy accuracy": und["greedy_accuracy"], "pass@1": und["pass@1"], f"pass@{und['n']}": und.get(f"pass@{und['n']}"),
              "scenes greedy": und.get("scene_greedy_accuracy"), "digits greedy": und.get("digit_greedy_accuracy")},
-            {"": "blind (no image)", "greedy accuracy": und["blind_majority"], "pass@1": und["blind_sampling"]}]
+            {"": "blind (no image)", "greedy accuracy": und["blind_majority"], "pass@1": und["blind_sampling"],
+             "scenes greedy": und.get("scene_blind_majority"), "digits greedy": und.get("digit_blind_majority")}]
     print(tracking.format_table(rows, title=f"janus: held-out understanding ({und['questions']} questions; greedy, and n={und['n']} at T={und['temperature']}; "
                                              "blind: the training answer distribution per question, its majority / sampled)"))
     grow = [{"guidance": g["cfg_scale"], "scene accuracy": g["scene_accuracy"], "digit accuracy": g["digit_accuracy"]} for g in (gen_plain, gen_cfg)]
