@@ -146,7 +146,7 @@ def main() -> None:
                title="held-out understanding (greedy; blind majority answer %.2f)" % rows[0]["blind_majority"], ylabel="accuracy (fraction of questions)")
     plots.grouped_bars(out / "understanding_by_kind.png", {a: [mean(a, "und_scene_greedy"), mean(a, "und_digit_greedy")] for a in results},
                        series=[f"scenes (blind {bars.get('scene', float('nan')):.2f})", f"digits (blind {bars.get('digit', float('nan')):.2f})"],
-                       title="held-out understanding by kind (greedy, means over seeds)", ylabel="accuracy")
+                       title="understanding by kind (greedy, seed mean)", ylabel="accuracy")
     plots.grouped_bars(out / "generation.png", {a: [mean(a, "gen_scene_unguided"), mean(a, "gen_scene_acc")] for a in results},
                        series=["no guidance", "guidance (means over seeds)"],
                        title="held-out generation (scenes, exact detector)", ylabel="fraction of prompts drawn correctly")
