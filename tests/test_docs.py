@@ -1,6 +1,6 @@
 """The README stays true (house rule 11): every path in its map exists, every module, command,
 benchmark, experiment and guide appears in the map, every relative link in README.md and docs/
-resolves (file and #anchor), and every `r1lab` command the README quotes names a real stage and
+resolves (file and #anchor), and every `r1lab` command the README or a guide quotes names a real stage and
 real config keys. Fast: it reads files and the config schema, runs nothing."""
 
 from __future__ import annotations
@@ -130,24 +130,25 @@ def quoted_commands(text: str) -> list[str]:
     return found
 
 
-def test_commands_quoted_in_the_readme_name_real_stages_and_keys():
-    """Each quoted `r1lab STAGE --key` names a stage and a key that `r1lab STAGE --help` lists."""
-    commands = quoted_commands(README.read_text(encoding="utf-8"))
-    assert len(commands) > 15
+def test_commands_quoted_in_the_readme_and_guides_name_real_stages_and_keys():
+    """Each quoted `r1lab STAGE --key` in README.md or docs/ names a stage and a key that
+    `r1lab STAGE --help` lists."""
+    commands = [(path.name, c) for path in (README, *DOCS) for c in quoted_commands(path.read_text(encoding="utf-8"))]
+    assert sum(name == README.name for name, _ in commands) > 15 and len(commands) > 60
     bad = []
-    for command in commands:
+    for name, command in commands:
         words = command.split()
         stage = words[1]
         if stage.startswith("<"):  # `r1lab <stage>`: the pattern itself
             continue
         if stage not in cli.STAGES:
-            bad.append(f"{command}: no stage {stage!r}")
+            bad.append(f"{name}: {command}: no stage {stage!r}")
             continue
         listed = set(re.findall(r"^  (--[\w.]+)", cli.stage_help(stage), flags=re.M))
         for flag in (w for w in words[2:] if w.startswith("--")):
             flag = flag.split("=")[0]
             if flag not in FLAGS and flag not in listed:
-                bad.append(f"{command}: `r1lab {stage} --help` lists no {flag}")
+                bad.append(f"{name}: {command}: `r1lab {stage} --help` lists no {flag}")
     assert not bad, bad
 
 
