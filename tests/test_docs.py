@@ -123,10 +123,15 @@ FLAGS = {"--config", "--debug", "--help", "--nproc", "--from", "--agreement", "-
 
 
 def quoted_commands(text: str) -> list[str]:
-    """`r1lab ...` commands in inline code and in fenced blocks, one per line."""
-    found = re.findall(r"`(r1lab [^`]+)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    """`r1lab ...` commands in inline code, fenced blocks and indented code blocks, one per line
+    (shell line continuations joined)."""
+    text = re.sub(r"\\\n[ \t]*", " ", text)
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    found = re.findall(r"`(r1lab [^`]+)`", prose)
     for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M):
         found += [m.group(1) for m in re.finditer(r"(?:^|\s)(r1lab [^\n#|]*)", block)]
+    # indented code: a line that starts with the command (after a prompt, variables, nice or time)
+    found += re.findall(r"^(?: {4}|\t)\s*(?:\$ )?(?:[A-Z_]+=\S+ )*(?:nice -n \d+ )?(?:/usr/bin/time -v )?(r1lab [a-z][^\n#|`]*)", prose, flags=re.M)
     return found
 
 
