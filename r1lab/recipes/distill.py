@@ -171,19 +171,19 @@ def run(cfg: Config, run_dir: Path, init: str | Path, teacher: str | Path) -> Pa
 def main(cfg: Config) -> Path:
     if not cfg.distill.teacher:
         raise common.StageError("distill needs a teacher: --distill.teacher RUN_OR_CHECKPOINT")
-    common.load_tokenizer(cfg.distill.teacher)
+    teacher_tok = common.load_tokenizer(cfg.distill.teacher)
     if not cfg.distill.teacher.startswith(common.HF_PREFIX):
         common.resolve_checkpoint(cfg.distill.teacher)  # a wrong teacher path: one line, before any folder is made
     # The student too, before the teacher samples for minutes: a wrong --init, or a fresh student too big to train.
     if cfg.init and not cfg.init.startswith(common.HF_PREFIX):
         common.resolve_checkpoint(cfg.init)
     elif not cfg.init:
-        vocab = common.load_tokenizer(cfg.distill.teacher if cfg.distill.mode == "token" else "").vocab_size
+        vocab = (teacher_tok if cfg.distill.mode == "token" else common.load_tokenizer("")).vocab_size
         common.check_trainable(lambda: Transformer(cfg.model, vocab))
     run_dir = common.run_dir_for(cfg, "distill")
     common.prepare_run_dir(run_dir, cfg)
     if not cfg.init and cfg.distill.mode == "token":  # a fresh student reads its teacher's token ids
-        common.load_tokenizer(cfg.distill.teacher).save_folder(run_dir)
+        teacher_tok.save_folder(run_dir)
     path = run(cfg, run_dir, cfg.init, cfg.distill.teacher)
     keys = ["sft/loss", "sft/val_loss"] if cfg.distill.mode == "sequence" else ["distill/kl", "distill/student_nll", "distill/val_kl"]
     common.print_stage_summary(run_dir, "distill", keys)
