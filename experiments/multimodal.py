@@ -23,7 +23,8 @@ differences over the seeds, and each seed's own (arms of one seed share the VQ t
 Each arm-seed is its own run folder under --out; processes with different --seeds or --arms can
 share one --out (a finished arm is reused, not rerun), and a last call naming all seeds merges
 them (with --merge it trains nothing and tabulates whatever arm-seeds are finished): table.md
-(a row per arm and seed, then a mean row per arm), summary.json (with "means"), (mean, min-max whiskers, a dot per seed), understanding_by_kind.png (scenes and digits, each
+(a row per arm and seed, then a mean row per arm), summary.json (with "means"), understanding.png
+(mean, min-max whiskers, a dot per seed), understanding_by_kind.png (scenes and digits, each
 beside its own blind bar), generation.png.
 """
 
@@ -122,8 +123,9 @@ def main() -> None:
 
     seeds = sorted({r["seed"] for r in rows})
     # The blind bars of each kind's questions (every arm answers the same held-out questions).
-    items = janus.eval_items(config_lib.build(base))
-    j = config_lib.build(base).janus
+    cfg = config_lib.build(base)
+    items = janus.eval_items(cfg)
+    j = cfg.janus
     bars = {kind: janus.blind_baselines([it for it in items if it.kind == kind], j.digit_fraction)["blind_majority"]
             for kind in ("scene", "digit") if any(it.kind == kind for it in items)}
     keys = ("und_greedy", "und_scene_greedy", "und_digit_greedy", "und_pass@1", "gen_scene_acc", "gen_scene_unguided", "gen_digit_acc", "cpu_s")
