@@ -73,17 +73,12 @@ def charged(cfg, arm: str, step: int) -> int:
 
 
 def steps_for(cfg, arm: str, budget: int) -> int:
-    """RL steps an arm can afford out of ``budget`` sampled completions (estimates included)."""
-    per_step = cfg.rl.prompts_per_step * cfg.rl.group_size
-    if arm != "pass_rate":
-        return budget // per_step
-    d = cfg.data
+    """RL steps an arm can afford out of ``budget`` sampled completions (estimates included: what
+    ``charged`` counts)."""
     steps = 0
-    while True:  # a refresh (candidates x samples) at every refresh_every-th step, from step 0
-        cost = (steps + 1) * per_step + (steps // d.refresh_every + 1) * d.candidates * d.samples
-        if cost > budget:
-            return steps
+    while charged(cfg, arm, steps + 1) <= budget:
         steps += 1
+    return steps
 
 
 def make_base(dataset: str, layers: dict, out: Path, seed: int, init: str | None) -> tuple[str, float]:
