@@ -146,6 +146,11 @@ def main() -> None:
     out = Path(args.out)
     datasets = split_datasets(args.datasets)[:1] if args.quick else split_datasets(args.datasets)
     seeds = [int(s) for s in args.seeds.split(",")]
+    for d in datasets:  # an unknown dataset or option: one line, before any base is pretrained
+        try:
+            get_task(f"gym:{d}")
+        except ValueError as err:
+            raise SystemExit(f"curation: --datasets: {err}") from None
     layers = QUICK if args.quick else {"pretrain": {"steps": args.pretrain_steps, "batch_size": args.batch_size},
                                        "rl": {"eval_every": args.eval_every, "prompts_per_step": args.prompts_per_step, "eval_problems": args.eval_problems},
                                        "data": {"candidates": args.candidates, "samples": args.samples, "refresh_every": args.refresh_every, "window": args.window},

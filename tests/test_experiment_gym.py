@@ -68,3 +68,11 @@ def test_curation_charges_each_arm_within_its_budget():
     cfg = config_lib.build({"rl": {"prompts_per_step": 8}, "data": {"candidates": 16, "samples": 4, "refresh_every": 5}})
     # refreshes before steps 1, 6, 11: 64 estimates each, on top of 64 completions a step
     assert [curation.charged(cfg, "pass_rate", s) for s in (1, 5, 6, 13)] == [128, 384, 512, 13 * 64 + 3 * 64]
+
+
+def test_curation_refuses_a_bad_dataset_before_any_base_is_pretrained(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["curation.py", "--datasets", "gcd,letter_counting@nosuch=1", "--out", str(out)])
+    with pytest.raises(SystemExit) as err:
+        runpy.run_path(str(ROOT / "experiments" / "curation.py"), run_name="__main__")
+    assert "unknown option 'nosuch'" in str(err.value) and not out.exists()
