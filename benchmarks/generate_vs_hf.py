@@ -1,7 +1,7 @@
 """r1lab's KV-cache sampler against transformers' ``generate`` on the same weights, prompts and
 number of new tokens; then what a real RL batch gains from r1lab's sampler speed-ups.
 
-    python benchmarks/generate_vs_hf.py [--threads 2] [--repeats 5] [--prompts 8] [--group 8] [--new 48]
+    python benchmarks/generate_vs_hf.py [--threads 2] [--repeats 5] [--prompts 8] [--group 8] [--new 48] [--cpu-time]
 
 Part 1, equal work: the issue's benchmark model (Qwen2 architecture, 4 x 256, dense), copied into
 a ``Qwen2ForCausalLM``; B x G rows (each `chain` prompt repeated G times, left-padded), exactly
@@ -10,6 +10,14 @@ fp32, the same thread count. Part 2, an RL batch whose rows end at different len
 likely, since a random model rarely ends): the plain sampler (prompt prefilled per row, every
 row decoding until the longest ends) against r1lab's (prompt prefilled once per group, finished
 rows dropped from the batch); both draw the same tokens. Last line: one JSON object, ratios first.
+
+Beside them, timed in the same turns, the matmul floor of part 1: the model's dense matmuls alone
+(q/k/v, output, FFN and head) with its own weights, at part 1's shapes and in the sampler's order:
+the prefill of the B x G padded prompt rows (head at the last position only), then one B x G-row
+step per new token but the last; no attention, no other operation. Any
+sampler doing part 1's work in fp32 with the same matrix kernels spends at least that, so
+``hf_over_floor`` is the ceiling of ``speedup_vs_hf`` and ``r1lab_over_floor`` what r1lab spends
+beyond its matmuls.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 
 import torch
+import torch.nn.functional as F
 
 from qwen2_copy import BENCH_MODEL, check, to_qwen2
 from r1lab.config import SampleConfig
@@ -29,6 +39,31 @@ from r1lab.tokenizer import CharTokenizer
 from timing import medians_interleaved
 
 
+def matmul_floor(model: Transformer, n_rows: int, prompt_len: int, new_tokens: int):
+    """A function running the sampler's dense matmuls alone (see the module docstring): the
+    weights ``fused_decoding`` uses (q, k and v as one matrix, the same FLOPs as three), inputs
+    of the right shapes with random values (a matmul's time does not depend on them)."""
+    mats = []
+    for block in model.layers:
+        a, f = block.attn, block.ffn
+        mats.append((torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).detach(), a.wo.weight.detach(), f.w1.weight.detach(),
+                     f.w3.weight.detach(), f.w2.weight.detach()))
+    head = model.head_weight().detach()
+    D, H = model.cfg.d_model, mats[0][2].shape[0]
+    shapes = [n_rows * prompt_len] + [n_rows] * (new_tokens - 1)  # rows of each forward pass
+    inputs = {M: (torch.randn(M, D), torch.randn(M, H)) for M in set(shapes)}
+
+    @torch.inference_mode()
+    def run():
+        for M in shapes:
+            x_MD, h_MH = inputs[M]
+            for w_qkv, w_o, w_1, w_3, w_2 in mats:
+                F.linear(x_MD, w_qkv), F.linear(x_MD, w_o), F.linear(x_MD, w_1), F.linear(x_MD, w_3), F.linear(h_MH, w_2)
+            F.linear(x_MD[:n_rows], head)  # logits (n_rows, V)
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -36,7 +71,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--new", type=int, default=48)
+    ap.add_argument("--cpu-time", action="store_true", help="time process CPU seconds instead of wall seconds (a shared machine; with --threads 1)")
     args = ap.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
 
     tok, task = CharTokenizer.build(), get_task("chain")
@@ -66,8 +103,9 @@ def main() -> None:
                           max_new_tokens=args.new, min_new_tokens=args.new, pad_token_id=tok.pad_id, eos_token_id=None)
         assert out.shape[1] == ids.shape[1] + args.new
 
-    t = medians_interleaved({"hf": hf_generate, "rows": r1lab_rows, "grouped": r1lab_grouped}, args.repeats)
-    t_hf, t_rows, t_grouped = t["hf"], t["rows"], t["grouped"]
+    floor = matmul_floor(model, len(rows), ids.shape[1], args.new)
+    t = medians_interleaved({"hf": hf_generate, "rows": r1lab_rows, "grouped": r1lab_grouped, "floor": floor}, args.repeats, clock)
+    t_hf, t_rows, t_grouped, t_floor = t["hf"], t["rows"], t["grouped"], t["floor"]
     n_new = len(rows) * args.new
 
     # Part 2: an RL batch of varied lengths. Scale eos's (tied) embedding so that rows end early.
@@ -80,26 +118,29 @@ def main() -> None:
     lengths = ro.completion_lengths.float()
     t = medians_interleaved({"plain": lambda: plain_sample(rl_model, rows, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0)),
                              "new": lambda: sample(rl_model, prompts, cfg, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(0), repeats=args.group)},
-                            args.repeats)
+                            args.repeats, clock)
     t_plain, t_new = t["plain"], t["new"]
 
     table = [
         ("hf generate (equal work)", t_hf, n_new / t_hf),
         ("r1lab sample, one row per prompt copy", t_rows, n_new / t_rows),
         ("r1lab sample, prefill once per group", t_grouped, n_new / t_grouped),
+        ("matmul floor (part 1's dense matmuls alone, no attention)", t_floor, n_new / t_floor),
         (f"RL batch, plain sampler (len mean {lengths.mean():.1f}, max {lengths.max():.0f})", t_plain, lengths.sum().item() / t_plain),
         ("RL batch, r1lab sampler (grouped prefill, drops finished rows)", t_new, lengths.sum().item() / t_new),
     ]
-    print(f"{len(rows)} rows ({args.prompts} prompts x {args.group}), {args.new} new tokens, threads {args.threads}, median of {args.repeats} (sides timed in turns)")
+    print(f"{len(rows)} rows ({args.prompts} prompts x {args.group}), {args.new} new tokens, threads {args.threads}, median of {args.repeats} (sides timed in turns){', process CPU seconds' if args.cpu_time else ''}")
     print(f"{'':68s} {'seconds':>8s} {'tokens/s':>9s}")
     for name, t, tps in table:
         print(f"{name:68s} {t:8.3f} {tps:9.0f}")
     print(f"same tokens from both RL samplers: {same}")
+    print(f"beyond the matmul floor: hf generate {t_hf / t_floor:.2f}x (the ceiling of speedup_vs_hf), r1lab {t_rows / t_floor:.2f}x")
     print(json.dumps({"speedup_vs_hf": round(t_hf / t_rows, 2), "speedup_vs_hf_grouped": round(t_hf / t_grouped, 2),
-                      "rl_batch_speedup_vs_plain": round(t_plain / t_new, 2), "hf_s": round(t_hf, 4), "r1lab_s": round(t_rows, 4),
+                      "rl_batch_speedup_vs_plain": round(t_plain / t_new, 2),
+                      "hf_over_floor": round(t_hf / t_floor, 2), "r1lab_over_floor": round(t_rows / t_floor, 2), "floor_s": round(t_floor, 4), "hf_s": round(t_hf, 4), "r1lab_s": round(t_rows, 4),
                       "r1lab_grouped_s": round(t_grouped, 4), "rl_plain_s": round(t_plain, 4), "rl_new_s": round(t_new, 4),
                       "rl_len_mean": round(lengths.mean().item(), 1), "rl_len_max": int(lengths.max()), "same_tokens": same,
-                      "threads": args.threads, "rows": len(rows), "new_tokens": args.new}))
+                      "threads": args.threads, "cpu_time": args.cpu_time, "rows": len(rows), "new_tokens": args.new}))
 
 
 if __name__ == "__main__":
