@@ -123,6 +123,8 @@ class SampleConfig:
     "nucleus sampling mass; 1.0 keeps the full distribution"
     max_new_tokens: int = 64
     "completion length cap in tokens"
+    compile: bool = False
+    "decode through a torch.compile'd step over a fixed-width KV cache (GQA, dense FFN; else eager): compiled once per batch shape (tens of seconds on a CPU), other float rounding than eager; every row decodes until all end, prompts are not shared"
 
 
 @dataclass

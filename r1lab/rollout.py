@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from r1lab import distributed
 from r1lab.config import SampleConfig
 from r1lab.logprobs import token_logprobs
-from r1lab.model.transformer import SharedPrefixCache, Transformer
+from r1lab.model.transformer import SharedPrefixCache, StaticKVCache, Transformer, decode_step
 
 
 @dataclass
@@ -125,7 +125,13 @@ def sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_
 
     Decoding runs under ``torch.inference_mode`` (no autograd bookkeeping on any op: 6% less CPU
     time than ``no_grad`` at the benchmark's size); the returned tensors are ordinary copies, so
-    the trainer may use them in its autograd pass."""
+    the trainer may use them in its autograd pass.
+
+    ``cfg.compile`` (GQA, dense FFN, one process, prompt and budget within ``max_seq_len``; other
+    models decode eagerly): the decode loop runs ``decode_step`` compiled by ``torch.compile``
+    over a fixed-width cache (``StaticKVCache``), every row in the batch until all have ended
+    and each row holding its own copy of its prompt's cache. The same draws from the generator;
+    logits rounded as the compiled graph rounds them, so tokens may differ from eager ones."""
     fused = model.fused_decoding() if distributed.world() == 1 else contextlib.nullcontext()  # FSDP2: weights stay as they are
     with torch.inference_mode(), fused:
         ro = _sample(model, prompts, cfg, eos_id, pad_id, gen, repeats)
@@ -148,8 +154,9 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     if bool((budget_N < 1).any()):
         raise ValueError(f"prompt of {int(lens_N.max())} tokens leaves no room under model.max_seq_len={max_len}")
     C = int(budget_N.max())
-    shared = repeats > 1 and model.cfg.attention != "mla"  # GQA: the group's rows share their prompt's cache
-    cache = model.new_cache(B, P if shared else min(P + C, max_len))
+    static = cfg.compile and _compilable(model) and P + C <= max_len
+    shared = repeats > 1 and model.cfg.attention != "mla" and not static  # GQA: the group's rows share their prompt's cache
+    cache = model.new_cache(B, P if shared or static else min(P + C, max_len))
     logits_BV = model(ids_BP, positions_from_mask(mask_BP), mask_BP, cache).logits_BTV[:, -1]  # (B, V)
     if shared:
         cache = SharedPrefixCache(cache, repeats, C)
@@ -169,38 +176,42 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
     alive = torch.ones(N, dtype=torch.bool, device=dev)  # (N,) neither ended nor out of budget
     ended = torch.zeros(N, dtype=torch.bool, device=dev)  # (N,) sampled eos
     t = 0
-    for t in range(C):
-        token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
-        out_tok[:, t] = torch.where(alive, token_N, pad_id)
-        out_logp[:, t] = torch.where(alive, logp_N, 0.0)
-        out_ent[:, t] = torch.where(alive, ent_N, 0.0)
-        valid[:, t] = alive  # the eos token itself counts; what follows it does not
-        ended |= alive & (token_N == eos_id)
-        key_mask = torch.cat([key_mask, (alive if rows is None else alive[rows])[:, None]], dim=1)
-        alive = alive & ~ended & (t + 1 < budget_N)
-        if not alive.any():
-            break
-        keep = alive if rows is None else alive[rows]
-        if not shared and cache.length + 1 > max_len:
-            # The cache is full although some rows have budget left (their prompts are shorter
-            # than the longest): drop the left-padding columns they all share and prefill again.
-            kept = keep.nonzero().squeeze(-1)
-            rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
-            seq = torch.cat([ids_NP[rows], out_tok[rows, : t + 1]], dim=1)  # (R, S)
-            shift = int((~key_mask).long().cumprod(-1).sum(-1).min())  # shared leading padding
-            seq, key_mask = seq[:, shift:], key_mask[:, shift:]
-            cache = model.new_cache(len(rows), max_len)
-            logits_R = model(seq, positions_from_mask(key_mask), key_mask, cache).logits_BTV[:, -1]
-        else:
-            if int(keep.sum()) <= 3 * len(keep) // 4:  # compact when a quarter has ended
+    if static:  # sample.compile
+        t = _decode_static(model, cache, logits_NV, key_mask, next_pos, budget_N, cfg, gen, eos_id, pad_id, out_tok, out_logp, out_ent, valid,
+                           alive, ended)
+    else:
+        for t in range(C):
+            token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
+            out_tok[:, t] = torch.where(alive, token_N, pad_id)
+            out_logp[:, t] = torch.where(alive, logp_N, 0.0)
+            out_ent[:, t] = torch.where(alive, ent_N, 0.0)
+            valid[:, t] = alive  # the eos token itself counts; what follows it does not
+            ended |= alive & (token_N == eos_id)
+            key_mask = torch.cat([key_mask, (alive if rows is None else alive[rows])[:, None]], dim=1)
+            alive = alive & ~ended & (t + 1 < budget_N)
+            if not alive.any():
+                break
+            keep = alive if rows is None else alive[rows]
+            if not shared and cache.length + 1 > max_len:
+                # The cache is full although some rows have budget left (their prompts are shorter
+                # than the longest): drop the left-padding columns they all share and prefill again.
                 kept = keep.nonzero().squeeze(-1)
                 rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
-                cache.keep_rows(kept)
-            ids_R1 = out_tok[:, t : t + 1] if rows is None else out_tok[rows, t : t + 1]
-            logits_R = model(ids_R1, next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
-        next_pos = next_pos + 1
-        logits_R = logits_R.to(logits_NV.dtype)
-        logits_NV = logits_R if rows is None else logits_NV.index_copy(0, rows, logits_R)
+                seq = torch.cat([ids_NP[rows], out_tok[rows, : t + 1]], dim=1)  # (R, S)
+                shift = int((~key_mask).long().cumprod(-1).sum(-1).min())  # shared leading padding
+                seq, key_mask = seq[:, shift:], key_mask[:, shift:]
+                cache = model.new_cache(len(rows), max_len)
+                logits_R = model(seq, positions_from_mask(key_mask), key_mask, cache).logits_BTV[:, -1]
+            else:
+                if int(keep.sum()) <= 3 * len(keep) // 4:  # compact when a quarter has ended
+                    kept = keep.nonzero().squeeze(-1)
+                    rows, key_mask, next_pos = kept if rows is None else rows[kept], key_mask[kept], next_pos[kept]
+                    cache.keep_rows(kept)
+                ids_R1 = out_tok[:, t : t + 1] if rows is None else out_tok[rows, t : t + 1]
+                logits_R = model(ids_R1, next_pos[:, None], key_mask, cache).logits_BTV[:, -1]
+            next_pos = next_pos + 1
+            logits_R = logits_R.to(logits_NV.dtype)
+            logits_NV = logits_R if rows is None else logits_NV.index_copy(0, rows, logits_R)
     model.train(was_training)
     C_used = t + 1
     tokens = torch.cat([ids_NP, out_tok[:, :C_used]], dim=1)
@@ -231,6 +242,72 @@ def _plain_sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfi
         logits = model(toks[-1][:, None], next_pos[:, None], mask, cache).logits_BTV[:, -1]
         next_pos = next_pos + 1
     return torch.cat([ids, torch.stack(toks, 1)], dim=1)  # (N, P + C)
+
+
+_STATIC_WIDTH = 16  # the static cache's width is P + C rounded up to this: fewer shapes to compile over RL's varying prompt widths
+_compiled_step = None  # torch.compile(decode_step), made on first use; decode_step itself once compiling has failed
+
+
+def _compilable(model: Transformer) -> bool:
+    """Whether ``decode_step`` serves this model (``sample.compile``): GQA attention, dense FFN,
+    one process. Others decode eagerly (MoE routing has data-dependent shapes)."""
+    return model.cfg.attention != "mla" and model.cfg.ffn != "moe" and distributed.world() == 1
+
+
+def _step_fn():
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(decode_step, dynamic=False)
+    return _compiled_step
+
+
+def _run_step(*args) -> torch.Tensor:
+    """The compiled decode step; if compiling fails (no C++ compiler, an unsupported op), one
+    warning and ``decode_step`` eagerly from then on (the same function, eager rounding)."""
+    global _compiled_step
+    try:
+        return _step_fn()(*args)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: decode eagerly instead
+        if _compiled_step is decode_step:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        print(f"r1lab: warning: sample.compile: torch.compile failed ({type(e).__name__}: {first}); decoding eagerly", flush=True)
+        _compiled_step = decode_step
+        return decode_step(*args)
+
+
+def _decode_static(model: Transformer, cache, logits_NV: torch.Tensor, key_mask_NP: torch.Tensor, next_pos_N: torch.Tensor,
+                   budget_N: torch.Tensor, cfg: SampleConfig, gen, eos_id: int, pad_id: int, out_tok: torch.Tensor, out_logp: torch.Tensor,
+                   out_ent: torch.Tensor, valid: torch.Tensor, alive: torch.Tensor, ended: torch.Tensor) -> int:
+    """``_sample``'s decode loop with every row in the batch until all have ended, through the
+    compiled ``decode_step`` over a ``StaticKVCache`` (``sample.compile``): the same draws from
+    the generator as the eager loop (tokens for all rows at every step), the logits from a
+    compiled graph (other float rounding). Fills the outputs in place; returns the last step."""
+    N, P = key_mask_NP.shape
+    C = out_tok.shape[1]
+    width = min(model.cfg.max_seq_len, -(-(P + C) // _STATIC_WIDTH) * _STATIC_WIDTH)
+    static = StaticKVCache(cache, width)
+    key_mask_NS = torch.zeros(N, width, dtype=torch.bool, device=key_mask_NP.device)  # (N, S) keys the next token sees
+    key_mask_NS[:, :P] = key_mask_NP
+    pos_N = next_pos_N.clone()
+    t = 0
+    for t in range(C):
+        token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
+        out_tok[:, t] = torch.where(alive, token_N, pad_id)
+        out_logp[:, t] = torch.where(alive, logp_N, 0.0)
+        out_ent[:, t] = torch.where(alive, ent_N, 0.0)
+        valid[:, t] = alive
+        ended |= alive & (token_N == eos_id)
+        alive &= ~ended & (t + 1 < budget_N)
+        if not alive.any():
+            break
+        # Every row sees its own new key (finished rows too: their logits are discarded, and
+        # a live row's keys are exactly the eager loop's).
+        key_mask_NS[:, P + t] = True
+        static.slot_1.fill_(P + t)
+        logits_NV = _run_step(model, out_tok[:, t].contiguous(), pos_N, key_mask_NS[:, None, None], static).to(logits_NV.dtype)
+        pos_N += 1
+    return t
 
 
 def plain_sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos_id: int, pad_id: int, gen: torch.Generator) -> torch.Tensor:

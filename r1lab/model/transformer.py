@@ -69,6 +69,44 @@ class KVCache:
         return cached_attention(q_BHTd, k, v, mask_B1TS)
 
 
+class StaticKVCache:
+    """Keys and values of every layer in buffers of a fixed width S, one tensor per layer, for a
+    decode step compiled once (``decode_step``, ``sample.compile``): the new token's keys go to a
+    slot given as a tensor, and attention runs over all S slots under the key mask (slots not yet
+    written are masked out), so no shape and no Python number changes from one step to the next.
+    Built from a prefilled ``KVCache`` whose ``length`` slots it copies."""
+
+    length = 1  # constant and > 0: Attention takes its decoding path (the slot is ``slot_1``)
+
+    def __init__(self, prefilled: KVCache, width: int):
+        L, N, K, _, d = prefilled.k.shape
+        P = prefilled.length
+        self.k = [prefilled.k.new_zeros(N, K, width, d) for _ in range(L)]  # per layer: one graph input each
+        self.v = [prefilled.v.new_zeros(N, K, width, d) for _ in range(L)]
+        for i in range(L):
+            self.k[i][:, :, :P] = prefilled.k[i, :, :, :P]
+            self.v[i][:, :, :P] = prefilled.v[i, :, :, :P]
+        self.slot_1 = torch.zeros(1, dtype=torch.long, device=prefilled.k.device)  # (1,) the slot the next token writes
+
+    def attend(self, layer: int, q_NHTd: torch.Tensor, k_NKTd: torch.Tensor, v_NKTd: torch.Tensor, mask_N1TS: torch.Tensor) -> torch.Tensor:
+        """As ``KVCache.attend`` for one new token (T = 1), over all S slots."""
+        self.k[layer].index_copy_(2, self.slot_1, k_NKTd)
+        self.v[layer].index_copy_(2, self.slot_1, v_NKTd)
+        return cached_attention(q_NHTd, self.k[layer], self.v[layer], mask_N1TS)
+
+
+def decode_step(model: "Transformer", ids_N: torch.Tensor, positions_N: torch.Tensor, mask_N11S: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+    """Logits (N, V) of one new token per row over a ``StaticKVCache`` (its key written at slot
+    ``cache.slot_1``; ``mask_N11S`` True where the token sees a key, itself included): the
+    blocks' own modules, so eager it computes what ``Transformer.forward`` does, with no Python
+    number that changes between steps, so ``torch.compile`` compiles it once per batch shape."""
+    cos, sin = model.rope_cos[positions_N][:, None], model.rope_sin[positions_N][:, None]  # (N, 1, d/2)
+    x = model.embed(ids_N)[:, None]  # (N, 1, D)
+    for i, layer in enumerate(model.layers):
+        x, _ = layer(x, cos, sin, mask_N11S, cache, i, None)
+    return F.linear(model.norm(x[:, 0]), model.head_weight())  # (N, V)
+
+
 class SharedPrefixCache:
     """The cache of G continuations of each of B prompts (a GRPO group, rows ``b G .. b G + G - 1``):
     each prompt's keys and values are kept once (the prefilled ``KVCache`` of B rows) and each
