@@ -17,7 +17,9 @@ Imported checkpoints may untie the head (``tie_embeddings``) and add Qwen2's q/k
 (``qkv_bias``); the defaults leave the model as above.
 Decoding (a few new queries over a filled cache) computes attention as batched matmuls on the
 cache's views instead of SDPA, and a GRPO group's rows may share their prompt's cache
-(``SharedPrefixCache``, Hydragen's shared-prefix decomposition, arXiv:2402.05099).
+(``SharedPrefixCache``, Hydragen's shared-prefix decomposition, arXiv:2402.05099). For
+``sample.compile``, ``decode_step`` runs the blocks over a ``StaticKVCache`` (one fixed-width
+buffer per layer, the write slot held in a tensor), so ``torch.compile`` compiles it once.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class StaticKVCache:
         return cached_attention(q_NHTd, self.k[layer], self.v[layer], mask_N1TS)
 
 
-def decode_step(model: "Transformer", ids_N: torch.Tensor, positions_N: torch.Tensor, mask_N11S: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+def decode_step(model: Transformer, ids_N: torch.Tensor, positions_N: torch.Tensor, mask_N11S: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
     """Logits (N, V) of one new token per row over a ``StaticKVCache`` (its key written at slot
     ``cache.slot_1``; ``mask_N11S`` True where the token sees a key, itself included): the
     blocks' own modules, so eager it computes what ``Transformer.forward`` does, with no Python
