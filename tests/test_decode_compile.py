@@ -1,6 +1,8 @@
 """``sample.compile``: the decode step over a fixed-width cache (``decode_step``, ``StaticKVCache``)
 against the eager sampler, its fallback when compiling fails, and (slow) the compiled step itself."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -107,6 +109,7 @@ def test_a_failing_compiler_warns_once_and_decodes_eagerly(monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler for inductor (apt-get install build-essential)")
 def test_compiled_step_draws_the_eager_tokens_and_compiles_once(monkeypatch):
     """The real torch.compile (a C++ compiler needed; tens of seconds): the same tokens as eager
     on a tiny model, log-probs to float rounding, and a second rollout of the same shape (new
