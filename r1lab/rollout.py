@@ -19,6 +19,7 @@ from r1lab import distributed
 from r1lab.config import SampleConfig
 from r1lab.logprobs import token_logprobs
 from r1lab.model.transformer import SharedPrefixCache, Transformer
+from r1lab.model.tree import PrefixTree
 
 
 @dataclass
@@ -298,6 +299,7 @@ class Packing:
     src_M: tuple[torch.Tensor, torch.Tensor]  # (row, column) in the padded batch of each real token (M,)
     slot_M: torch.Tensor  # (M,) flat index into the packed (R * W) batch of the slot holding it
     pred_M: torch.Tensor  # (M,) flat index of the slot whose logits predict it; -1 for a row's first token
+    tree: PrefixTree | None = None  # flat prompts and completions, one row (pack_prefix_tree); then no mask_RWW
 
 
 def _first_fit(lengths: list[int], width: int) -> tuple[list[int], int]:
@@ -396,17 +398,63 @@ def pack_shared_prompts(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor
                    (torch.tensor(src_r, dtype=torch.long), torch.tensor(src_c, dtype=torch.long)), slot_M, torch.tensor(pred, dtype=torch.long))
 
 
+def pack_prefix_tree(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, completion_mask_NT: torch.Tensor) -> Packing:
+    """Lay the batch's real tokens flat in one row, one copy of each distinct prompt (the real
+    tokens before the completion) and every row's completion, and describe for attention which
+    prompt each completion continues (``PrefixTree``): each completion token sees its prompt and
+    its own earlier tokens, at the padded pass's positions, as in ``pack_shared_prompts`` but
+    with no padding and no (W, W) mask. A GRPO group's prompt is run once instead of G times."""
+    real, comp = attention_mask_NT.tolist(), (completion_mask_NT & attention_mask_NT).tolist()
+    toks = tokens_NT.tolist()
+    prompt_of: dict[tuple[int, ...], int] = {}
+    p_lens, p_starts, c_lens, c_starts, group = [], [], [], [], []
+    ids: list[int] = []
+    pos: list[int] = []
+    weight: list[float] = []
+    src_r, src_c, slot, pred = [], [], [], []
+    for n in range(len(toks)):
+        pc = [t for t, (r, c) in enumerate(zip(real[n], comp[n])) if r and not c]
+        cc = [t for t, c in enumerate(comp[n]) if c]
+        if pc and cc and pc[-1] > cc[0]:
+            raise ValueError(f"row {n}: a prompt token follows a completion token")
+        key = tuple(toks[n][t] for t in pc)
+        b = prompt_of.get(key)
+        if b is None:  # the first row with this prompt lays out its copy
+            b = prompt_of[key] = len(p_lens)
+            p_starts.append(len(ids))
+            p_lens.append(len(pc))
+            ids += key
+            pos += range(len(pc))
+            weight += [0.0] * len(pc)
+        s, p = p_starts[b], p_lens[b]
+        for k, t in enumerate(pc):  # every row's prompt tokens read the shared copy
+            weight[s + k] += 1.0  # MoE statistics count the prompt once per row, as the padded pass does
+            src_r.append(n), src_c.append(t), slot.append(s + k), pred.append(s + k - 1 if k else -1)
+        c_starts.append(len(ids))
+        c_lens.append(len(cc))
+        group.append(b)
+        for k, t in enumerate(cc):
+            src_r.append(n), src_c.append(t), slot.append(len(ids)), pred.append(len(ids) - 1 if k else (s + p - 1 if p else -1))
+            ids.append(toks[n][t])
+            pos.append(p + k)
+            weight.append(1.0)
+    M = len(ids)
+    tree = PrefixTree.build(p_lens, p_starts, c_lens, c_starts, group, M)
+    return Packing(torch.tensor(ids, dtype=tokens_NT.dtype)[None], torch.tensor(pos)[None], torch.tensor(weight)[None], None, None,
+                   (torch.tensor(src_r, dtype=torch.long), torch.tensor(src_c, dtype=torch.long)), torch.tensor(slot, dtype=torch.long),
+                   torch.tensor(pred, dtype=torch.long), tree)
+
+
 def _packed_forward(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor | None,
                     logits: bool = True):
-    # Packed rows 2x the padded width (3x with shared prompts, whose units are longer): the
-    # fastest of 1x-4x on the zero defaults' batch and on the benchmark's (docs/rl.md); the
-    # attention over W keys stays cheap.
-    T = tokens.shape[1]
+    # Packed rows 2x the padded width: the fastest of 1x-4x on the zero defaults' batch and on
+    # the benchmark's (docs/rl.md); the attention over W keys stays cheap. Shared prompts: flat,
+    # no padding at all (pack_prefix_tree).
     if completion_mask is None:
-        pk = pack_rows(tokens, attention_mask, 2 * T, pad_id=0)
-    else:
-        pk = pack_shared_prompts(tokens, attention_mask, completion_mask, 3 * T, pad_id=0)
-    return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.weight_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW, mask_BTT=pk.mask_RWW)
+        pk = pack_rows(tokens, attention_mask, 2 * tokens.shape[1], pad_id=0)
+        return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.weight_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW)
+    pk = pack_prefix_tree(tokens, attention_mask, completion_mask)
+    return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.weight_RW, logits=logits, tree=pk.tree)
 
 
 def _packed_logprobs(out, pk: Packing, head_weight: torch.Tensor | None, temperature: float, chunk: int, shape, entropy: bool = False):
