@@ -399,50 +399,45 @@ def pack_shared_prompts(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor
 
 
 def pack_prefix_tree(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, completion_mask_NT: torch.Tensor) -> Packing:
-    """Lay the batch's real tokens flat in one row, one copy of each distinct prompt (the real
-    tokens before the completion) and every row's completion, and describe for attention which
-    prompt each completion continues (``PrefixTree``): each completion token sees its prompt and
-    its own earlier tokens, at the padded pass's positions, as in ``pack_shared_prompts`` but
-    with no padding and no (W, W) mask. A GRPO group's prompt is run once instead of G times."""
-    real, comp = attention_mask_NT.tolist(), (completion_mask_NT & attention_mask_NT).tolist()
-    toks = tokens_NT.tolist()
-    prompt_of: dict[tuple[int, ...], int] = {}
-    p_lens, p_starts, c_lens, c_starts, group = [], [], [], [], []
-    ids: list[int] = []
-    pos: list[int] = []
-    weight: list[float] = []
-    src_r, src_c, slot, pred = [], [], [], []
-    for n in range(len(toks)):
-        pc = [t for t, (r, c) in enumerate(zip(real[n], comp[n])) if r and not c]
-        cc = [t for t, c in enumerate(comp[n]) if c]
-        if pc and cc and pc[-1] > cc[0]:
-            raise ValueError(f"row {n}: a prompt token follows a completion token")
-        key = tuple(toks[n][t] for t in pc)
-        b = prompt_of.get(key)
-        if b is None:  # the first row with this prompt lays out its copy
-            b = prompt_of[key] = len(p_lens)
-            p_starts.append(len(ids))
-            p_lens.append(len(pc))
-            ids += key
-            pos += range(len(pc))
-            weight += [0.0] * len(pc)
-        s, p = p_starts[b], p_lens[b]
-        for k, t in enumerate(pc):  # every row's prompt tokens read the shared copy
-            weight[s + k] += 1.0  # MoE statistics count the prompt once per row, as the padded pass does
-            src_r.append(n), src_c.append(t), slot.append(s + k), pred.append(s + k - 1 if k else -1)
-        c_starts.append(len(ids))
-        c_lens.append(len(cc))
-        group.append(b)
-        for k, t in enumerate(cc):
-            src_r.append(n), src_c.append(t), slot.append(len(ids)), pred.append(len(ids) - 1 if k else (s + p - 1 if p else -1))
-            ids.append(toks[n][t])
-            pos.append(p + k)
-            weight.append(1.0)
-    M = len(ids)
-    tree = PrefixTree.build(p_lens, p_starts, c_lens, c_starts, group, M)
-    return Packing(torch.tensor(ids, dtype=tokens_NT.dtype)[None], torch.tensor(pos)[None], torch.tensor(weight)[None], None, None,
-                   (torch.tensor(src_r, dtype=torch.long), torch.tensor(src_c, dtype=torch.long)), torch.tensor(slot, dtype=torch.long),
-                   torch.tensor(pred, dtype=torch.long), tree)
+    """Lay the batch's real tokens flat in one row: one copy of each distinct prompt (the real
+    tokens before the completion), then every row's completion; ``PrefixTree`` tells attention
+    which prompt each completion continues. Each completion token sees its prompt and its own
+    earlier tokens, at the padded pass's positions, as in ``pack_shared_prompts`` but with no
+    padding and no (W, W) mask: a GRPO group's prompt is run once instead of G times."""
+    N, T = tokens_NT.shape
+    real_NT = attention_mask_NT.bool()
+    comp_NT = completion_mask_NT.bool() & real_NT
+    prompt_NT = real_NT & ~comp_NT
+    p_len_N, c_len_N = prompt_NT.sum(-1), comp_NT.sum(-1)  # (N,)
+    col_T = torch.arange(T)
+    late_prompt_N = torch.where(prompt_NT, col_T, -1).amax(-1) > torch.where(comp_NT, col_T, T).amin(-1)
+    if late_prompt_N.any():
+        raise ValueError(f"row {int(late_prompt_N.nonzero()[0])}: a prompt token follows a completion token")
+    rank_NT = positions_from_mask(real_NT)  # prompt tokens rank 0.., then the completion's
+    P = max(int(p_len_N.max()), 1)
+    prompts_NP = torch.full((N, P), -1, dtype=tokens_NT.dtype).index_put_((prompt_NT.nonzero(as_tuple=True)[0], rank_NT[prompt_NT]), tokens_NT[prompt_NT])
+    # Rows with equal prompts share one copy; copies in order of first appearance.
+    uniq, inverse_N = torch.unique(prompts_NP, dim=0, return_inverse=True)
+    first_U = torch.full((len(uniq),), N, dtype=torch.long).scatter_reduce_(0, inverse_N, torch.arange(N), "amin")
+    order_U = first_U.argsort()
+    group_N = torch.empty_like(order_U).scatter_(0, order_U, torch.arange(len(uniq)))[inverse_N]  # (N,) prompt b of each row
+    first_B = first_U[order_U]  # (B,) the row whose prompt is copied
+    p_len_B = p_len_N[first_B]
+    p_start_B = p_len_B.cumsum(0) - p_len_B  # (B,) flat start of each prompt copy
+    c_start_N = int(p_len_B.sum()) + c_len_N.cumsum(0) - c_len_N  # (N,) completions after all the prompts
+    M = int(p_len_B.sum() + c_len_N.sum())
+    rows, cols = real_NT.nonzero(as_tuple=True)  # (M',) every real token of the padded batch, row-major
+    rank, in_prompt = rank_NT[rows, cols], prompt_NT[rows, cols]
+    p_start, p_len = p_start_B[group_N[rows]], p_len_N[rows]
+    slot_M = torch.where(in_prompt, p_start + rank, c_start_N[rows] + rank - p_len)
+    pred_M = torch.where(rank == 0, -1, torch.where(in_prompt | (rank > p_len), slot_M - 1, p_start + p_len - 1))  # the first completion token reads the prompt's last slot
+    ids = torch.zeros(M, dtype=tokens_NT.dtype).index_put_((slot_M,), tokens_NT[rows, cols])
+    pos = torch.zeros(M, dtype=torch.long).index_put_((slot_M,), rank)
+    # MoE balance losses and expert loads weigh each slot by the tokens it stands for: a prompt
+    # copy once per row that shares it, as the padded pass counts it.
+    weight = torch.zeros(M).index_add_(0, slot_M, torch.ones(len(slot_M)))
+    tree = PrefixTree.build(p_len_B, p_start_B, c_len_N, c_start_N, group_N, M)
+    return Packing(ids[None], pos[None], weight[None], None, None, (rows, cols), slot_M, pred_M, tree)
 
 
 def _packed_forward(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor | None,

@@ -79,23 +79,28 @@ def test_prefix_tree_lays_each_prompt_once_and_completions_flat():
     comp = torch.zeros_like(mask)
     comp[:, 3:] = True
     pk = pack_prefix_tree(tokens, mask, comp)
-    # rows 0, 1, 3 share the prompt 9 5 6: one copy, then each row's completion; row 2's prompt after row 1
-    assert pk.ids_RW.tolist() == [[9, 5, 6, 1, 2, 3, 7, 8, 4, 4, 4, 1, 1, 1]]  # 14 real tokens, not 19, no padding
-    assert pk.positions_RW.tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 3, 4, 3, 4, 5]]  # each completion continues its prompt's positions
+    # rows 0, 1, 3 share the prompt 9 5 6: one copy; then row 2's prompt; then every row's completion
+    assert pk.ids_RW.tolist() == [[9, 5, 6, 7, 8, 1, 2, 3, 4, 4, 4, 1, 1, 1]]  # 14 real tokens, not 19, no padding
+    assert pk.positions_RW.tolist() == [[0, 1, 2, 0, 1, 3, 4, 3, 2, 3, 4, 3, 4, 5]]  # each completion continues its prompt's positions
     assert pk.weight_RW.tolist() == [[3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]  # the prompt copy stands for three rows' prompts
     t = pk.tree
-    assert t.prompt_idx_BP.tolist() == [[0, 1, 2], [6, 7, 0]]  # prompt 1 has two tokens: its third slot is padding
+    assert t.prompt_idx_BP.tolist() == [[0, 1, 2], [3, 4, 0]]  # prompt 1 has two tokens: its third slot is padding
     assert t.group_N.tolist() == [0, 0, 1, 0]
-    assert t.comp_idx_NC.tolist() == [[3, 4, 0], [5, 0, 0], [8, 9, 10], [11, 12, 13]]
+    assert t.comp_idx_NC.tolist() == [[5, 6, 0], [7, 0, 0], [8, 9, 10], [11, 12, 13]]
     m = t.mask_N1CS[:, 0]  # (N, C, P + C)
     assert m[2, 0].tolist() == [True, True, False, True, False, False]  # row 2: its prompt's 2 real keys, then itself
     assert m[0, 1].tolist() == [True, True, True, True, True, False]  # row 0's 2nd token: the prompt, its 1st token, itself
     # every flat token's output is read back from the slot that computed it
     outputs = torch.cat([t.prompt_idx_BP.reshape(-1), t.comp_idx_NC.reshape(-1)])  # the flat token each output slot holds
     assert torch.equal(outputs[t.out_idx_M], torch.arange(14))
-    assert pk.pred_M[(pk.src_M[0] == 2) & (pk.src_M[1] == 3)].tolist() == [7]  # row 2's first completion token reads its prompt's last slot
+    assert pk.pred_M[(pk.src_M[0] == 2) & (pk.src_M[1] == 3)].tolist() == [4]  # row 2's first completion token reads its prompt's last slot
     assert ((pk.pred_M == pk.slot_M - 1) | (pk.src_M[1] == 3) | (pk.pred_M < 0)).all()
+    assert pk.pred_M[(pk.src_M[0] != 2) & (pk.src_M[1] == 3)].tolist() == [2, 2, 2]  # rows 0, 1, 3: the shared prompt's last slot
     assert torch.equal(pk.ids_RW[0, pk.slot_M], tokens[pk.src_M])
+    late = comp.clone()
+    late[0, 2], late[0, 3] = True, False  # row 0: prompt token 1 after completion token 6
+    with pytest.raises(ValueError, match="row 0: a prompt token follows a completion token"):
+        pack_prefix_tree(tokens, mask, late)
 
 
 def test_prefix_tree_pass_equals_the_explicit_mask_pass():

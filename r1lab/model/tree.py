@@ -36,21 +36,20 @@ class PrefixTree:
     out_idx_M: torch.Tensor  # (M,) row of token m's output in [prompt outputs (B P); completion outputs (N C)]
 
     @staticmethod
-    def build(prompt_lens: list[int], prompt_starts: list[int], comp_lens: list[int], comp_starts: list[int], group: list[int], M: int) -> PrefixTree:
-        """The layout of prompts (length, flat start) and completions (length, flat start, prompt)."""
-        B, N = len(prompt_lens), len(comp_lens)
-        P, C = max(prompt_lens), max(max(comp_lens, default=0), 1)
+    def build(prompt_len_B: torch.Tensor, prompt_start_B: torch.Tensor, comp_len_N: torch.Tensor, comp_start_N: torch.Tensor,
+              group_N: torch.Tensor, M: int) -> PrefixTree:
+        """The layout of B prompts (length, flat start) and N completions (length, flat start, prompt)."""
+        B, N = len(prompt_len_B), len(comp_len_N)
+        P, C = max(int(prompt_len_B.max()), 1), max(int(comp_len_N.max()) if N else 0, 1)
         p_ar, c_ar = torch.arange(P), torch.arange(C)
-        p_len, c_len = torch.tensor(prompt_lens), torch.tensor(comp_lens, dtype=torch.long)
-        p_valid_BP = p_ar[None] < p_len[:, None]  # (B, P)
-        c_valid_NC = c_ar[None] < c_len[:, None]  # (N, C)
-        prompt_idx = torch.where(p_valid_BP, torch.tensor(prompt_starts)[:, None] + p_ar[None], 0)  # (B, P)
-        comp_idx = torch.where(c_valid_NC, torch.tensor(comp_starts, dtype=torch.long)[:, None] + c_ar[None], 0)  # (N, C)
-        group_N = torch.tensor(group, dtype=torch.long)
+        p_valid_BP = p_ar[None] < prompt_len_B[:, None]  # (B, P)
+        c_valid_NC = c_ar[None] < comp_len_N[:, None]  # (N, C)
+        prompt_idx = torch.where(p_valid_BP, prompt_start_B[:, None] + p_ar[None], 0)  # (B, P)
+        comp_idx = torch.where(c_valid_NC, comp_start_N[:, None] + c_ar[None], 0)  # (N, C)
         causal_CC = torch.ones(C, C, dtype=torch.bool).tril()
         # Padding queries of a completion see their own slot: no row of the softmax is empty.
         mask = torch.cat([p_valid_BP[group_N][:, None, :].expand(N, C, P), causal_CC[None].expand(N, C, C)], dim=-1)[:, None]  # (N, 1, C, P + C)
-        out = torch.empty(M, dtype=torch.long)
+        out = torch.zeros(M, dtype=torch.long)
         out[prompt_idx[p_valid_BP]] = (torch.arange(B)[:, None] * P + p_ar[None])[p_valid_BP]
         out[comp_idx[c_valid_NC]] = B * P + (torch.arange(N)[:, None] * C + c_ar[None])[c_valid_NC]
         return PrefixTree(prompt_idx, comp_idx, group_N, mask, out)
