@@ -404,6 +404,8 @@ def pack_prefix_tree(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, c
     which prompt each completion continues. Each completion token sees its prompt and its own
     earlier tokens, at the padded pass's positions, as in ``pack_shared_prompts`` but with no
     padding and no (W, W) mask: a GRPO group's prompt is run once instead of G times."""
+    device = tokens_NT.device  # the layout is worked out on the CPU
+    tokens_NT, attention_mask_NT, completion_mask_NT = tokens_NT.cpu(), attention_mask_NT.cpu(), completion_mask_NT.cpu()
     N, T = tokens_NT.shape
     real_NT = attention_mask_NT.bool()
     comp_NT = completion_mask_NT.bool() & real_NT
@@ -436,8 +438,9 @@ def pack_prefix_tree(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, c
     # MoE balance losses and expert loads weigh each slot by the tokens it stands for: a prompt
     # copy once per row that shares it, as the padded pass counts it.
     weight = torch.zeros(M).index_add_(0, slot_M, torch.ones(len(slot_M)))
-    tree = PrefixTree.build(p_len_B, p_start_B, c_len_N, c_start_N, group_N, M)
-    return Packing(ids[None], pos[None], weight[None], None, None, (rows, cols), slot_M, pred_M, tree)
+    tree = PrefixTree.build(p_len_B, p_start_B, c_len_N, c_start_N, group_N, M, device)
+    return Packing(ids[None].to(device), pos[None].to(device), weight[None].to(device), None, None, (rows.to(device), cols.to(device)),
+                   slot_M.to(device), pred_M.to(device), tree)
 
 
 def _packed_forward(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor | None,
