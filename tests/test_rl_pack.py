@@ -105,13 +105,13 @@ def test_prefix_tree_lays_each_prompt_once_and_completions_flat():
 def test_prefix_tree_attention_gradients_are_exact():
     """The slot gathers' hand-written backward (an inverse gather, no scatter-add) against
     finite differences, in float64, through prompts of unequal length shared by unequal groups."""
-    tokens = torch.tensor([[9, 5, 6, 1, 2, 0], [9, 5, 6, 3, 0, 0], [0, 7, 8, 4, 4, 4], [9, 5, 6, 1, 1, 1], [0, 7, 8, 2, 0, 0]])
+    tokens = torch.tensor([[9, 5, 6, 1, 2, 0], [9, 5, 6, 3, 0, 0], [0, 7, 8, 4, 4, 4], [9, 5, 6, 1, 1, 1], [0, 7, 8, 2, 0, 0], [9, 5, 6, 0, 0, 0]])
     mask = tokens != 0
     comp = torch.zeros_like(mask)
-    comp[:, 3:] = True
+    comp[:, 3:] = True  # the last row's completion is empty
     pk = pack_prefix_tree(tokens, mask, comp)
     tree, M = pk.tree, pk.ids_RW.shape[1]
-    assert M == int(mask.sum()) - 2 * 3 - 1 * 2  # each prompt once: 3 rows share one, 2 the other
+    assert M == int(mask.sum()) - 3 * 3 - 1 * 2  # each prompt once: 4 rows share one, 2 the other
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, M, 3, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
     assert torch.autograd.gradcheck(lambda q, k, v: tree.attend(q, k, v), (q, k, v))
