@@ -10,7 +10,8 @@ biases), `chain` prompts, 8 prompts x 8 completions per step, at most 48 new tok
 R1 rewards (TRL's reward function decodes the completion ids with r1lab's tokenizer).
 
 Printed: seconds per step (median over steps after the first), completion tokens per second,
-r1lab's step broken down (prefill, decode, scoring, forward/backward, optimizer), and the step's
+r1lab's step broken down (prefill, decode, scoring, forward/backward, optimizer, the rest), the
+trainer pass's FLOP rate at the floor's count, and the step's
 FLOP floor: 2N FLOPs per prompt token (prefilled once per prompt) and per sampled token, plus 6N
 per token of every trained row (prompt and completion, unpadded), over the best fp32 matmul rate
 this script measures on the step's own shapes, best of 7 trials each (N = matmul parameters, the
@@ -187,9 +188,15 @@ def main() -> None:
         mean_len = statistics.median(lengths[1:]) if len(lengths) > 1 else float("nan")
         print(f"{'TRL GRPOTrainer (' + name + ')':34s} {t:8.3f} {mean_len * PROMPTS * GROUP / t:17.0f} {mean_len:9.1f} {cpu[f'trl_{name}']:11.3f}")
         out[name] = t
+    parts = ("time/prefill_s", "time/decode_s", "time/score_s", "time/forward_backward_s", "time/optimizer_s")
+    # The rest of a step: sampling's setup outside prefill and decode, advantages, metrics, logging.
+    other_of = lambda rs: statistics.median(b["time"] - a["time"] - sum(b[k] for k in parts) for a, b in zip(rs, rs[1:]))  # noqa: E731
     for name, rs in r1.items():
-        print(f"r1lab step breakdown ({name}, median s): " + ", ".join(f"{k.split('/')[1][:-2]} {med(k, rs):.3f}" for k in
-              ("time/prefill_s", "time/decode_s", "time/score_s", "time/forward_backward_s", "time/optimizer_s")))
+        print(f"r1lab step breakdown ({name}, median s): " + ", ".join(f"{k.split('/')[1][:-2]} {med(k, rs):.3f}" for k in parts)
+              + f", other {other_of(rs):.3f}")
+    # The trainer's pass at the floor's count, 6N per token of every row (prompt included), whatever it actually runs.
+    fb_gflops = 6 * n_matmul * med("train/tokens_per_s") / 1e9
+    print(f"r1lab forward/backward: {fb_gflops:.0f} GFLOP/s at the floor's count (6N per trained token, every row's prompt)")
     print(f"FLOP floor of the step at {rate / 1e9:.0f} GFLOP/s: {floor_s:.3f} s; r1lab step / floor {step_s / floor_s:.2f}")
     if "default" in out:
         print(f"3x TRL's default step is {out['default'] / 3:.3f} s = {out['default'] / 3 / floor_s:.2f} x the floor")
@@ -202,7 +209,7 @@ def main() -> None:
               **{f"trl_{k}_step_s": round(v, 4) for k, v in out.items()}, "floor_s": round(floor_s, 4),
               "matmul_gflops": round(rate / 1e9, 1), "prefill_s": round(med("time/prefill_s"), 4), "decode_s": round(med("time/decode_s"), 4),
               "score_s": round(med("time/score_s"), 4), "forward_backward_s": round(med("time/forward_backward_s"), 4),
-              "optimizer_s": round(med("time/optimizer_s"), 4), **{f"cpu_{k}_step_s": round(v, 4) for k, v in cpu.items()},
+              "optimizer_s": round(med("time/optimizer_s"), 4), "other_s": round(other_of(rows), 4), "forward_backward_gflops": round(fb_gflops, 1), **{f"cpu_{k}_step_s": round(v, 4) for k, v in cpu.items()},
               "threads": args.threads, "steps": args.steps}
     print(json.dumps(result))
 

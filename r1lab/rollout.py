@@ -19,6 +19,7 @@ from r1lab import distributed
 from r1lab.config import SampleConfig
 from r1lab.logprobs import token_logprobs
 from r1lab.model.transformer import SharedPrefixCache, StaticKVCache, Transformer, decode_step
+from r1lab.model.tree import PrefixTree
 
 
 @dataclass
@@ -375,6 +376,7 @@ class Packing:
     src_M: tuple[torch.Tensor, torch.Tensor]  # (row, column) in the padded batch of each real token (M,)
     slot_M: torch.Tensor  # (M,) flat index into the packed (R * W) batch of the slot holding it
     pred_M: torch.Tensor  # (M,) flat index of the slot whose logits predict it; -1 for a row's first token
+    tree: PrefixTree | None = None  # flat prompts and completions, one row (pack_prefix_tree); then no mask_RWW
 
 
 def _first_fit(lengths: list[int], width: int) -> tuple[list[int], int]:
@@ -473,17 +475,61 @@ def pack_shared_prompts(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor
                    (torch.tensor(src_r, dtype=torch.long), torch.tensor(src_c, dtype=torch.long)), slot_M, torch.tensor(pred, dtype=torch.long))
 
 
+def pack_prefix_tree(tokens_NT: torch.Tensor, attention_mask_NT: torch.Tensor, completion_mask_NT: torch.Tensor) -> Packing:
+    """Lay the batch's real tokens flat in one row: one copy of each distinct prompt (the real
+    tokens before the completion), then every row's completion; ``PrefixTree`` tells attention
+    which prompt each completion continues. Each completion token sees its prompt and its own
+    earlier tokens, at the padded pass's positions, as in ``pack_shared_prompts`` but with no
+    padding and no (W, W) mask: a GRPO group's prompt is run once instead of G times."""
+    device = tokens_NT.device  # the layout is worked out on the CPU
+    tokens_NT, attention_mask_NT, completion_mask_NT = tokens_NT.cpu(), attention_mask_NT.cpu(), completion_mask_NT.cpu()
+    N, T = tokens_NT.shape
+    real_NT = attention_mask_NT.bool()
+    comp_NT = completion_mask_NT.bool() & real_NT
+    prompt_NT = real_NT & ~comp_NT
+    p_len_N, c_len_N = prompt_NT.sum(-1), comp_NT.sum(-1)  # (N,)
+    col_T = torch.arange(T)
+    late_prompt_N = torch.where(prompt_NT, col_T, -1).amax(-1) > torch.where(comp_NT, col_T, T).amin(-1)
+    if late_prompt_N.any():
+        raise ValueError(f"row {int(late_prompt_N.nonzero()[0])}: a prompt token follows a completion token")
+    rank_NT = positions_from_mask(real_NT)  # prompt tokens rank 0.., then the completion's
+    P = max(int(p_len_N.max()), 1)
+    prompts_NP = torch.full((N, P), -1, dtype=tokens_NT.dtype).index_put_((prompt_NT.nonzero(as_tuple=True)[0], rank_NT[prompt_NT]), tokens_NT[prompt_NT])
+    # Rows with equal prompts share one copy; copies in order of first appearance.
+    uniq, inverse_N = torch.unique(prompts_NP, dim=0, return_inverse=True)
+    first_U = torch.full((len(uniq),), N, dtype=torch.long).scatter_reduce_(0, inverse_N, torch.arange(N), "amin")
+    order_U = first_U.argsort()
+    group_N = torch.empty_like(order_U).scatter_(0, order_U, torch.arange(len(uniq)))[inverse_N]  # (N,) prompt b of each row
+    first_B = first_U[order_U]  # (B,) the row whose prompt is copied
+    p_len_B = p_len_N[first_B]
+    p_start_B = p_len_B.cumsum(0) - p_len_B  # (B,) flat start of each prompt copy
+    c_start_N = int(p_len_B.sum()) + c_len_N.cumsum(0) - c_len_N  # (N,) completions after all the prompts
+    M = int(p_len_B.sum() + c_len_N.sum())
+    rows, cols = real_NT.nonzero(as_tuple=True)  # (M',) every real token of the padded batch, row-major
+    rank, in_prompt = rank_NT[rows, cols], prompt_NT[rows, cols]
+    p_start, p_len = p_start_B[group_N[rows]], p_len_N[rows]
+    slot_M = torch.where(in_prompt, p_start + rank, c_start_N[rows] + rank - p_len)
+    pred_M = torch.where(rank == 0, -1, torch.where(in_prompt | (rank > p_len), slot_M - 1, p_start + p_len - 1))  # the first completion token reads the prompt's last slot
+    ids = torch.zeros(M, dtype=tokens_NT.dtype).index_put_((slot_M,), tokens_NT[rows, cols])
+    pos = torch.zeros(M, dtype=torch.long).index_put_((slot_M,), rank)
+    # MoE balance losses and expert loads weigh each slot by the tokens it stands for: a prompt
+    # copy once per row that shares it, as the padded pass counts it.
+    weight = torch.zeros(M).index_add_(0, slot_M, torch.ones(len(slot_M)))
+    tree = PrefixTree.build(p_len_B, p_start_B, c_len_N, c_start_N, group_N, M, device)
+    return Packing(ids[None].to(device), pos[None].to(device), weight[None].to(device), None, None, (rows.to(device), cols.to(device)),
+                   slot_M.to(device), pred_M.to(device), tree)
+
+
 def _packed_forward(model: Transformer, tokens: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor | None,
                     logits: bool = True):
-    # Packed rows 2x the padded width (3x with shared prompts, whose units are longer): the
-    # fastest of 1x-4x on the zero defaults' batch and on the benchmark's (docs/rl.md); the
-    # attention over W keys stays cheap.
-    T = tokens.shape[1]
+    # Packed rows 2x the padded width: the fastest of 1x-4x on the zero defaults' batch and on
+    # the benchmark's (docs/rl.md); the attention over W keys stays cheap. Shared prompts: flat,
+    # no padding at all (pack_prefix_tree).
     if completion_mask is None:
-        pk = pack_rows(tokens, attention_mask, 2 * T, pad_id=0)
-    else:
-        pk = pack_shared_prompts(tokens, attention_mask, completion_mask, 3 * T, pad_id=0)
-    return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.weight_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW, mask_BTT=pk.mask_RWW)
+        pk = pack_rows(tokens, attention_mask, 2 * tokens.shape[1], pad_id=0)
+        return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.weight_RW, logits=logits, doc_ids_BT=pk.doc_ids_RW)
+    pk = pack_prefix_tree(tokens, attention_mask, completion_mask)
+    return pk, model(pk.ids_RW, pk.positions_RW, token_mask_BT=pk.weight_RW, logits=logits, tree=pk.tree)
 
 
 def _packed_logprobs(out, pk: Packing, head_weight: torch.Tensor | None, temperature: float, chunk: int, shape, entropy: bool = False):

@@ -319,3 +319,22 @@ def test_stop_flag_turns_sigterm_into_a_stop_after_the_step_and_restores_handler
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_nonfinite_guard_names_the_culprit_and_passes_huge_finite_gradients():
+    from r1lab.recipes.common import nonfinite_guard
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    one = torch.tensor(1.0)
+    assert nonfinite_guard(one, model) is None
+    assert nonfinite_guard(torch.tensor(float("inf")), model) == "loss (inf)"
+    for p in model.parameters():
+        p.grad.fill_(3e30)  # the norm over all overflows to inf, yet every gradient is finite
+    assert nonfinite_guard(one, model) is None
+    model[1].weight.grad[1, 2] = float("nan")
+    assert nonfinite_guard(one, model) == "gradient of 1.weight"
+    model[0].bias.grad = None  # parameters without a gradient are skipped
+    model[1].weight.grad[1, 2] = float("-inf")
+    assert nonfinite_guard(one, model) == "gradient of 1.weight"

@@ -7,7 +7,7 @@ import torch
 from r1lab.config import ModelConfig, RLConfig, SampleConfig
 from r1lab.model.transformer import Transformer
 from r1lab.recipes import rl as rl_recipe
-from r1lab.rollout import pack_rows, pack_shared_prompts, policy_logprobs, policy_logprobs_entropy, sample
+from r1lab.rollout import pack_prefix_tree, pack_rows, pack_shared_prompts, policy_logprobs, policy_logprobs_entropy, sample
 from r1lab.tokenizer import CharTokenizer
 
 MODELS = {
@@ -70,6 +70,65 @@ def test_shared_prompt_packing_runs_each_prompt_once():
     assert len(set(first_tokens.tolist())) == 3
     with pytest.raises(ValueError, match="does not fit"):
         pack_shared_prompts(tokens, mask, comp, 5, pad_id=0)
+
+
+def test_prefix_tree_lays_each_prompt_once_and_completions_flat():
+    #          prompt  | completion (c) | padding
+    tokens = torch.tensor([[9, 5, 6, 1, 2, 0], [9, 5, 6, 3, 0, 0], [0, 7, 8, 4, 4, 4], [9, 5, 6, 1, 1, 1]])
+    mask = tokens != 0
+    comp = torch.zeros_like(mask)
+    comp[:, 3:] = True
+    pk = pack_prefix_tree(tokens, mask, comp)
+    # rows 0, 1, 3 share the prompt 9 5 6: one copy; then row 2's prompt; then every row's completion
+    assert pk.ids_RW.tolist() == [[9, 5, 6, 7, 8, 1, 2, 3, 4, 4, 4, 1, 1, 1]]  # 14 real tokens, not 19, no padding
+    assert pk.positions_RW.tolist() == [[0, 1, 2, 0, 1, 3, 4, 3, 2, 3, 4, 3, 4, 5]]  # each completion continues its prompt's positions
+    assert pk.weight_RW.tolist() == [[3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]  # the prompt copy stands for three rows' prompts
+    t = pk.tree
+    assert (t.B, t.P, t.N, t.C) == (2, 3, 4, 3)
+    M = 14  # slots: prompt 0, prompt 1 (its third slot padding), then each completion's 3
+    assert t.slot_token_S.tolist() == [0, 1, 2, 3, 4, M, 5, 6, M, 7, M, M, 8, 9, 10, 11, 12, 13]
+    assert torch.equal(t.slot_token_S[t.token_slot_M], torch.arange(M))  # every token's output is read back from its slot
+    assert t.select_NB.argmax(-1).tolist() == [0, 0, 1, 0] and t.select_NB.sum().item() == 4
+    m = t.mask_N1CS[:, 0]  # (N, C, P + C)
+    assert m[2, 0].tolist() == [True, True, False, True, False, False]  # row 2: its prompt's 2 real keys, then itself
+    assert m[0, 1].tolist() == [True, True, True, True, True, False]  # row 0's 2nd token: the prompt, its 1st token, itself
+    assert pk.pred_M[(pk.src_M[0] == 2) & (pk.src_M[1] == 3)].tolist() == [4]  # row 2's first completion token reads its prompt's last slot
+    assert ((pk.pred_M == pk.slot_M - 1) | (pk.src_M[1] == 3) | (pk.pred_M < 0)).all()
+    assert pk.pred_M[(pk.src_M[0] != 2) & (pk.src_M[1] == 3)].tolist() == [2, 2, 2]  # rows 0, 1, 3: the shared prompt's last slot
+    assert torch.equal(pk.ids_RW[0, pk.slot_M], tokens[pk.src_M])
+    late = comp.clone()
+    late[0, 2], late[0, 3] = True, False  # row 0: prompt token 1 after completion token 6
+    with pytest.raises(ValueError, match="row 0: a prompt token follows a completion token"):
+        pack_prefix_tree(tokens, mask, late)
+
+
+def test_prefix_tree_attention_gradients_are_exact():
+    """The slot gathers' hand-written backward (an inverse gather, no scatter-add) against
+    finite differences, in float64, through prompts of unequal length shared by unequal groups."""
+    tokens = torch.tensor([[9, 5, 6, 1, 2, 0], [9, 5, 6, 3, 0, 0], [0, 7, 8, 4, 4, 4], [9, 5, 6, 1, 1, 1], [0, 7, 8, 2, 0, 0], [9, 5, 6, 0, 0, 0]])
+    mask = tokens != 0
+    comp = torch.zeros_like(mask)
+    comp[:, 3:] = True  # the last row's completion is empty
+    pk = pack_prefix_tree(tokens, mask, comp)
+    tree, M = pk.tree, pk.ids_RW.shape[1]
+    assert M == int(mask.sum()) - 3 * 3 - 1 * 2  # each prompt once: 4 rows share one, 2 the other
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, M, 3, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: tree.attend(q, k, v), (q, k, v))
+
+
+def test_prefix_tree_pass_equals_the_explicit_mask_pass():
+    """The flat prefix-tree pass computes what the packed rows with a (W, W) prefix-tree mask compute."""
+    model, ro, _ = rollout_of("gqa")
+    tree = pack_prefix_tree(ro.tokens, ro.attention_mask, ro.completion_mask)
+    rows = pack_shared_prompts(ro.tokens, ro.attention_mask, ro.completion_mask, 3 * ro.tokens.shape[1], pad_id=0)
+    got = model(tree.ids_RW, tree.positions_RW, tree=tree.tree).logits_BTV.reshape(-1, model.vocab_size)
+    want = model(rows.ids_RW, rows.positions_RW, mask_BTT=rows.mask_RWW).logits_BTV.reshape(-1, model.vocab_size)
+    N, T = ro.tokens.shape
+    at = lambda pk, logits: torch.zeros(N, T, model.vocab_size).index_put(pk.src_M, logits[pk.slot_M])  # noqa: E731  each real token's logits, padded layout
+    torch.testing.assert_close(at(tree, got), at(rows, want), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="tree"):
+        model(tree.ids_RW, tree=tree.tree)  # no positions
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

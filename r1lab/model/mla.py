@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from r1lab.config import ModelConfig
 from r1lab.model.layers import RMSNorm, apply_rope, take_rows
+from r1lab.model.tree import PrefixTree
 
 
 class LatentCache:
@@ -98,7 +99,10 @@ class MLAttention(nn.Module):
             k_nope, v = kv.split([dn, dv], dim=-1)
             k = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)  # (B, H, S, dn + dr)
             qf = torch.cat([q_nope, q_rope], dim=-1)
-            y = F.scaled_dot_product_attention(qf, k, v, attn_mask=None if causal else mask_B1TS, is_causal=causal, scale=self.scale)
+            if isinstance(mask_B1TS, PrefixTree):  # flat prompts and completions (a trainer pass)
+                y = mask_B1TS.attend(qf, k, v, scale=self.scale)
+            else:
+                y = F.scaled_dot_product_attention(qf, k, v, attn_mask=None if causal else mask_B1TS, is_causal=causal, scale=self.scale)
         else:
             c_all, kr_all = c, k_rope
             q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # absorbed W_UK, (B, H, T, r)

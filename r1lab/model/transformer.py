@@ -36,6 +36,7 @@ from r1lab.config import ModelConfig
 from r1lab.model.layers import RMSNorm, apply_rope, cached_attention, rope_tables, take_rows
 from r1lab.model.mla import LatentCache, MLAttention
 from r1lab.model.moe import MoE, SwiGLU
+from r1lab.model.tree import PrefixTree
 
 
 class KVCache:
@@ -191,6 +192,8 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
         if mask_B1TS is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif isinstance(mask_B1TS, PrefixTree):  # flat prompts and completions (a trainer pass)
+            y = mask_B1TS.attend(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TS)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
@@ -313,12 +316,16 @@ class Transformer(nn.Module):
         """The (V, D) output matrix: the embedding unless cfg.tie_embeddings is False."""
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache, doc_ids_BT=None, mask_BTT=None):
-        """RoPE tables at the positions, the (B, 1, T, S) boolean mask (None: plain causal), and
-        the (B, T) real-token mask of the MoE statistics implied by ``key_mask_BS``. With
-        ``doc_ids_BT`` (packed rows), the mask is block-diagonal causal and positions restart at
-        every document."""
+    def _attention_inputs(self, B: int, T: int, device, positions_BT, key_mask_BS, cache, doc_ids_BT=None, mask_BTT=None, tree=None):
+        """RoPE tables at the positions, the (B, 1, T, S) boolean mask (None: plain causal; a
+        ``PrefixTree`` stands in for it), and the (B, T) real-token mask of the MoE statistics
+        implied by ``key_mask_BS``. With ``doc_ids_BT`` (packed rows), the mask is
+        block-diagonal causal and positions restart at every document."""
         past = cache.length if cache is not None else 0
+        if tree is not None:
+            if cache is not None or key_mask_BS is not None or positions_BT is None or B != 1:
+                raise ValueError("tree (a prefix-tree layout) is for training passes over one flat row: positions, no cache, no key_mask_BS")
+            return self.rope_cos[positions_BT], self.rope_sin[positions_BT], tree, None
         if mask_BTT is not None:
             if cache is not None or key_mask_BS is not None or positions_BT is None:
                 raise ValueError("mask_BTT (an explicit attention mask) is for training passes: positions, no cache, no key_mask_BS")
@@ -352,7 +359,8 @@ class Transformer(nn.Module):
 
     def forward(self, ids_BT: torch.Tensor | None, positions_BT: torch.Tensor | None = None, key_mask_BS: torch.Tensor | None = None,
                 cache: KVCache | LatentCache | None = None, token_mask_BT: torch.Tensor | None = None, logits: bool = True,
-                doc_ids_BT: torch.Tensor | None = None, embeds_BTD: torch.Tensor | None = None, mask_BTT: torch.Tensor | None = None) -> ModelOutput:
+                doc_ids_BT: torch.Tensor | None = None, embeds_BTD: torch.Tensor | None = None, mask_BTT: torch.Tensor | None = None,
+                tree: PrefixTree | None = None) -> ModelOutput:
         """Logits for ``ids_BT``.
 
         Without ``key_mask_BS`` the batch is plain causal (right padding only, as in pretraining).
@@ -370,10 +378,12 @@ class Transformer(nn.Module):
         ``embeds_BTD`` (with ``ids_BT`` None) feeds input vectors instead of token ids: image
         features and image-token embeddings of a multimodal model (``r1lab.janus``). ``mask_BTT``
         (B, T, T) boolean, with ``positions_BT``: which keys each query sees, given outright (RL
-        rows packed with one copy of a prompt shared by its completions, ``r1lab.rollout``)."""
+        rows packed with one copy of a prompt shared by its completions, ``r1lab.rollout``).
+        ``tree`` (with ``positions_BT``, B = 1): the tokens are prompts and completions laid flat,
+        attending as ``PrefixTree`` says (``r1lab.rollout.pack_prefix_tree``)."""
         B, T = ids_BT.shape if embeds_BTD is None else embeds_BTD.shape[:2]
         device = ids_BT.device if embeds_BTD is None else embeds_BTD.device
-        cos, sin, mask, token_mask = self._attention_inputs(B, T, device, positions_BT, key_mask_BS, cache, doc_ids_BT, mask_BTT)
+        cos, sin, mask, token_mask = self._attention_inputs(B, T, device, positions_BT, key_mask_BS, cache, doc_ids_BT, mask_BTT, tree)
         if token_mask_BT is not None:
             token_mask = token_mask_BT
         x = self.embed(ids_BT) if embeds_BTD is None else embeds_BTD
