@@ -752,6 +752,21 @@ class Config:
             ("janus.text_weight", 0 <= j.text_weight and 0 <= j.gen_weight and j.text_weight + j.gen_weight <= 1, "text_weight + gen_weight must be in [0, 1]"),
             ("janus.enc_dim", j.enc_dim % 4 == 0, "must be a multiple of 4 (the encoder's heads)"),
         ]
+        # Values that used to pass and then silently meant nonsense (the bad-input sweep): a negative
+        # clip flips every gradient's sign, a negative decay grows the weights, a negative reward
+        # weight rewards the opposite (extra rewards may be penalties: their weights stay free), rope_theta or norm_eps 0 gives NaN at the first step.
+        checks += [(f"{s}.{k}", getattr(getattr(self, s), k) >= 0, "must be >= 0 (0: off)" if k == "grad_clip" else "must be >= 0")
+                   for s in ("pretrain", "rl", "sft", "prm") for k in ("grad_clip", "weight_decay", "warmup_steps")] + [
+            (f"rl.{k}", getattr(r, k) >= 0, "must be >= 0") for k in ("format_weight", "correct_weight", "partial_weight", "overlong_weight")
+        ] + [
+            ("model.aux_loss_coef", m.aux_loss_coef >= 0, "must be >= 0 (0: off)"),
+            ("model.norm_eps", m.norm_eps > 0, "must be positive"),
+            ("model.rope_theta", m.rope_theta > 0, "must be positive"),
+            ("pretrain.min_lr_ratio", 0 <= p.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("rl.monitor.probe_seed", 0 <= r.monitor.probe_seed < 2**32, "must be in [0, 2**32)"),
+            ("lora.alpha", self.lora.alpha > 0, "must be positive"),
+            ("data.signal_threshold", 0 <= self.data.signal_threshold <= 1, "must be in [0, 1] (a pass@k)"),
+        ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks
         for prefix, s in (("rl.sample", r.sample), ("eval.sample", e.sample), ("generate.sample", self.generate.sample),

@@ -380,3 +380,50 @@ def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_c
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("r1lab: error: sampling 4,096 completions of up to 64 tokens in one batch needs over 0.1 GiB") and "rejection.prompts_per_batch" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key,value,why", [
+    # values the bad-input sweep found accepted, then silently meaning nonsense
+    ("pretrain.grad_clip", -1, "must be >= 0 (0: off)"),  # a negative clip flipped every gradient's sign
+    ("rl.grad_clip", -1, "must be >= 0 (0: off)"),
+    ("sft.grad_clip", -1, "must be >= 0 (0: off)"),
+    ("prm.grad_clip", -1, "must be >= 0 (0: off)"),
+    ("pretrain.weight_decay", -1, "must be >= 0"),  # grew the weights
+    ("rl.weight_decay", -1, "must be >= 0"),
+    ("sft.weight_decay", -0.5, "must be >= 0"),
+    ("prm.weight_decay", -1, "must be >= 0"),
+    ("pretrain.warmup_steps", -1, "must be >= 0"),
+    ("rl.warmup_steps", -1, "must be >= 0"),
+    ("prm.warmup_steps", -1, "must be >= 0"),
+    ("rl.format_weight", -1, "must be >= 0"),  # rewarded breaking the template
+    ("rl.correct_weight", -1, "must be >= 0"),
+    ("rl.partial_weight", -1, "must be >= 0"),
+    ("rl.overlong_weight", -1, "must be >= 0"),
+    ("model.aux_loss_coef", -1, "must be >= 0 (0: off)"),
+    ("model.norm_eps", 0, "must be positive"),
+    ("model.rope_theta", 0, "must be positive"),  # NaN loss at the first step
+    ("model.rope_theta", -1, "must be positive"),
+    ("pretrain.min_lr_ratio", 2, "must be in [0, 1]"),
+    ("pretrain.min_lr_ratio", -1, "must be in [0, 1]"),
+    ("rl.monitor.probe_seed", -1, "must be in [0, 2**32)"),
+    ("rl.monitor.probe_seed", 10**12, "must be in [0, 2**32)"),
+    ("lora.alpha", 0, "must be positive"),  # adapters that never change the model
+    ("lora.alpha", -1, "must be positive"),
+    ("data.signal_threshold", -1, "must be in [0, 1] (a pass@k)"),
+    ("data.signal_threshold", 1e12, "must be in [0, 1] (a pass@k)"),
+])
+def test_values_that_silently_meant_nonsense_are_config_errors(key, value, why):
+    with pytest.raises(ConfigError) as err:
+        config_lib.build(nest({key: value}))
+    assert str(err.value) == f"config key {key}: {why}"
+
+
+def test_negative_extra_reward_weights_stay_allowed():
+    # a length penalty is an extra reward with a negative weight (tests/test_rl_loop.py)
+    assert config_lib.build({"rl": {"extra_rewards": ["chars"], "extra_reward_weights": [-0.01]}}).rl.extra_reward_weights == [-0.01]
+
+
+def test_absurd_sample_counts_of_pass_rate_estimates_are_one_line_before_any_work(tmp_path, capsys):
+    assert main(["curate", "--init", "/nonexistent", "--data.samples", "1000000000000", "--out", str(tmp_path / "c.jsonl"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("r1lab: error: sampling 1,000,000,000,000 completions") and "lower data.samples" in err, err

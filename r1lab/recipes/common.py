@@ -311,6 +311,10 @@ def preflight(stage: str, cfg: Config, task) -> None:
     except (ValueError, OSError):  # a bad --init: the stage itself says so, naming it
         tok = None
     check_problems(stage, cfg, task, tok, draw=stage in ("zero", "r1"))
+    d = cfg.data
+    if stage == "curate" or stage in ("zero", "r1") and d.signal_problems or stage == "rl" and (d.signal_check or d.prompts == "pass_rate"):
+        # pass-rate estimates sample data.samples completions of each prompt in one call at least
+        check_sampling(d.samples, cfg.rl.sample.max_new_tokens, "data.samples")
     if stage in ("zero", "r1") and not cfg.init:
         vocab = CharTokenizer.build().vocab_size
         r, rc = cfg.rl, cfg.rejection
