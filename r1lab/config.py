@@ -33,6 +33,10 @@ MAX_SEQ_LEN = 2**20
 "model.max_seq_len above this is refused at once (its RoPE tables alone would take GiBs); Qwen2.5-1M's 1,010,000 fits"
 
 
+MAX_DRAWS = 10**8
+"check.test_samples above this is refused at once: its draws are not kept, so no memory bound stops them, and 10^8 already take hours"
+
+
 @dataclass
 class ModelConfig:
     ffn: Literal["moe", "dense"] = "moe"
@@ -766,6 +770,7 @@ class Config:
             ("rl.monitor.probe_seed", 0 <= r.monitor.probe_seed < 2**32, "must be in [0, 2**32)"),
             ("lora.alpha", self.lora.alpha > 0, "must be positive"),
             ("data.signal_threshold", 0 <= self.data.signal_threshold <= 1, "must be in [0, 1] (a pass@k)"),
+            ("check.test_samples", self.check.test_samples <= MAX_DRAWS, f"must be at most {MAX_DRAWS:,} (hours of drawing)"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

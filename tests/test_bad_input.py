@@ -318,6 +318,7 @@ def test_examples_beyond_what_a_task_holds_fail_fast():
 @pytest.mark.parametrize("stage,key", [
     ("eval", "eval.n_problems"), ("zero", "eval.n_problems"), ("zero", "rl.eval_problems"), ("rl", "rl.monitor.probe_problems"),
     ("curate", "data.curate_problems"), ("rejection-sample", "rejection.n_prompts"), ("prm", "prm.n_problems"), ("r1", "r1.cold_start_examples"),
+    ("check-task", "check.train_samples"), ("zero", "data.signal_problems"),
 ])
 def test_absurd_problem_counts_are_refused_naming_the_key(stage, key):
     from r1lab.recipes import common
@@ -411,6 +412,7 @@ def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_c
     ("lora.alpha", -1, "must be positive"),
     ("data.signal_threshold", -1, "must be in [0, 1] (a pass@k)"),
     ("data.signal_threshold", 1e12, "must be in [0, 1] (a pass@k)"),
+    ("check.test_samples", 10**12, "must be at most 100,000,000 (hours of drawing)"),  # drew for ever
 ])
 def test_values_that_silently_meant_nonsense_are_config_errors(key, value, why):
     with pytest.raises(ConfigError) as err:

@@ -260,7 +260,9 @@ def problem_counts(stage: str, cfg: Config) -> list[tuple[str, str, int, int, bo
     rejection = [("rejection.n_prompts", "train", rc.n_prompts, cfg.seed, False, 0)]
     return {
         "eval": evals,
-        "check-task": [("eval.n_problems", "test", e.n_problems, e.seed, True, 0)],
+        # check-task keeps every train draw and every RL prompt in a list (draws repeat: no pool bound)
+        "check-task": [("eval.n_problems", "test", e.n_problems, e.seed, True, 0), ("check.train_samples", "train", cfg.check.train_samples, cfg.seed + 1, True, 0),
+                       ("rl.steps x rl.prompts_per_step", "train", r.steps * r.prompts_per_step, cfg.seed, True, 0)],
         "zero": evals + rl_evals + signal,
         "r1": evals + rl_evals + signal + rejection + [("r1.cold_start_examples", "train", cfg.r1.cold_start_examples, cfg.seed, True, 0)],
         "rl": rl_evals + (signal if d.signal_check else []),
@@ -286,7 +288,7 @@ def check_problems(stage: str, cfg: Config, task, tok: BaseTokenizer | None = No
         pool = task.pool(split)
         if pool is not None:
             distinct = len({ex.question for ex in pool})
-            if n > distinct and not capped:
+            if n > distinct and not capped:  # (a capped count is drawn with repeats, or cut to the pool)
                 raise StageError(f"{key} {n:,}: task {task.name}'s {split} split holds {distinct:,} distinct problems; lower {key}")
             n = min(n, distinct)
         per = example_bytes(ex) + (rows * sys.getsizeof(tok.prompt_ids(ex.question)) if tok is not None else 0)
