@@ -766,6 +766,8 @@ class Config:
             ("model.aux_loss_coef", m.aux_loss_coef >= 0, "must be >= 0 (0: off)"),
             ("model.norm_eps", m.norm_eps > 0, "must be positive"),
             ("model.rope_theta", m.rope_theta > 0, "must be positive"),
+            ("model.rope_low_freq_factor", m.rope_low_freq_factor > 0, "must be positive"),
+            ("model.rope_high_freq_factor", m.rope_high_freq_factor > 0, "must be positive"),
             ("pretrain.min_lr_ratio", 0 <= p.min_lr_ratio <= 1, "must be in [0, 1]"),
             ("rl.monitor.probe_seed", 0 <= r.monitor.probe_seed < 2**32, "must be in [0, 2**32)"),
             ("lora.alpha", self.lora.alpha > 0, "must be positive"),

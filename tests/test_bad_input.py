@@ -404,6 +404,7 @@ def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_c
     ("model.norm_eps", 0, "must be positive"),
     ("model.rope_theta", 0, "must be positive"),  # NaN loss at the first step
     ("model.rope_theta", -1, "must be positive"),
+    ("model.rope_low_freq_factor", -1, "must be positive"),
     ("pretrain.min_lr_ratio", 2, "must be in [0, 1]"),
     ("pretrain.min_lr_ratio", -1, "must be in [0, 1]"),
     ("rl.monitor.probe_seed", -1, "must be in [0, 2**32)"),
