@@ -414,6 +414,7 @@ def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_c
     ("data.signal_threshold", -1, "must be in [0, 1] (a pass@k)"),
     ("data.signal_threshold", 1e12, "must be in [0, 1] (a pass@k)"),
     ("check.test_samples", 10**12, "must be at most 100,000,000 (hours of drawing)"),  # drew for ever
+    ("rl.prm", "runs/prm", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),
 ])
 def test_values_that_silently_meant_nonsense_are_config_errors(key, value, why):
     with pytest.raises(ConfigError) as err:
