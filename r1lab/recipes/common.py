@@ -212,8 +212,8 @@ def sampling_bytes(rows: int, tokens: int, model_cfg: ModelConfig | None = None,
     the cache slots it allocates up front for every row's completion (GQA: keys and values of every
     layer; MLA: the latent and rotary key) and one row of next-token logits per row. The prompt's
     cache, the prefill logits and the activations come on top."""
-    if model_cfg is None:
-        return rows * tokens * SAMPLED_BYTES_PER_TOKEN
+    if model_cfg is None:  # no model has a longer context than config.MAX_SEQ_LEN, which caps each row's budget
+        return rows * min(tokens, config_lib.MAX_SEQ_LEN) * SAMPLED_BYTES_PER_TOKEN
     m = model_cfg
     tokens = max(min(tokens, m.max_seq_len - 1), 1)  # a row's budget: what the context leaves after a prompt of >= 1 token
     if m.attention == "mla":

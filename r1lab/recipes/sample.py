@@ -14,9 +14,10 @@ from r1lab.tasks import get_task
 def main(cfg: Config) -> list[str]:
     if not cfg.init:
         raise common.StageError("sample needs --init RUN_OR_CHECKPOINT_FOLDER")
+    common.check_sampling(max(len(cfg.generate.questions), 1) * cfg.generate.n, cfg.generate.sample.max_new_tokens, "generate.n (or the number of questions)")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
-    # with the model: its cache and logits counted, each row's tokens capped by its context
+    # again with the model: its cache and logits counted, each row's tokens capped by its context
     common.check_sampling(max(len(cfg.generate.questions), 1) * cfg.generate.n, cfg.generate.sample.max_new_tokens, "generate.n (or the number of questions)", model=model)
     tok = common.load_tokenizer(cfg.init)
     g = cfg.generate
