@@ -774,6 +774,7 @@ class Config:
             ("data.signal_threshold", 0 <= self.data.signal_threshold <= 1, "must be in [0, 1] (a pass@k)"),
             ("check.test_samples", self.check.test_samples <= MAX_DRAWS, f"must be at most {MAX_DRAWS:,} (hours of drawing)"),
             ("rl.prm", not r.prm or r.reward != "outcome", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),
+            ("distill.data", not self.distill.data or self.distill.mode == "token", "is read only with distill.mode token (was: ignored in sequence mode)"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

@@ -415,6 +415,7 @@ def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_c
     ("data.signal_threshold", 1e12, "must be in [0, 1] (a pass@k)"),
     ("check.test_samples", 10**12, "must be at most 100,000,000 (hours of drawing)"),  # drew for ever
     ("rl.prm", "runs/prm", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),
+    ("distill.data", "jsonl:x.jsonl", "is read only with distill.mode token (was: ignored in sequence mode)"),
 ])
 def test_values_that_silently_meant_nonsense_are_config_errors(key, value, why):
     with pytest.raises(ConfigError) as err:
@@ -431,3 +432,17 @@ def test_absurd_sample_counts_of_pass_rate_estimates_are_one_line_before_any_wor
     assert main(["curate", "--init", "/nonexistent", "--data.samples", "1000000000000", "--out", str(tmp_path / "c.jsonl"), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("r1lab: error: sampling 1,000,000,000,000 completions") and "lower data.samples" in err, err
+
+
+def test_label_on_a_port_in_use_is_one_line_exit_2(tmp_path, capsys):
+    import socket
+
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(json.dumps({"task": "chain", "question": "1+2", "gold": "3", "completion": "<think>1+2=3</think> <answer>3</answer>"}) + "\n")
+    with socket.socket() as busy:  # was: werkzeug printed the reason on its own and exited 1
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["label", "--from", str(traces), "--out", str(tmp_path / "labels.jsonl"), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"r1lab: error: label: cannot serve on --host 127.0.0.1 --port {port}: Address already in use\n", err
