@@ -137,6 +137,8 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
     if prm_action is not None:
+        if isinstance(overrides.get("prm"), dict) and "action" in overrides["prm"]:  # was: silently replaced by the first word
+            raise ConfigError(f"--prm.action: the action is the first word (r1lab prm {prm_action} ...), not a flag")
         overrides.setdefault("prm", {})["action"] = prm_action
     return stage, config_lib.build(*layers, overrides), debug
 

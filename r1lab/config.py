@@ -771,6 +771,7 @@ class Config:
             ("pretrain.min_lr_ratio", 0 <= p.min_lr_ratio <= 1, "must be in [0, 1]"),
             ("rl.monitor.probe_seed", 0 <= r.monitor.probe_seed < 2**32, "must be in [0, 2**32)"),
             ("lora.alpha", self.lora.alpha > 0, "must be positive"),
+            ("lora.targets", set(self.lora.targets) <= {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}, "must name layers among wq, wk, wv, wo, w1, w2, w3"),
             ("data.signal_threshold", 0 <= self.data.signal_threshold <= 1, "must be in [0, 1] (a pass@k)"),
             ("check.test_samples", self.check.test_samples <= MAX_DRAWS, f"must be at most {MAX_DRAWS:,} (hours of drawing)"),
             ("rl.prm", not r.prm or r.reward != "outcome", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),

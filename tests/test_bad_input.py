@@ -416,6 +416,7 @@ def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_c
     ("check.test_samples", 10**12, "must be at most 100,000,000 (hours of drawing)"),  # drew for ever
     ("rl.prm", "runs/prm", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),
     ("distill.data", "jsonl:x.jsonl", "is read only with distill.mode token (was: ignored in sequence mode)"),
+    ("lora.targets", ["wq", "abc"], "must name layers among wq, wk, wv, wo, w1, w2, w3"),  # was: accepted while lora.rank is 0
 ])
 def test_values_that_silently_meant_nonsense_are_config_errors(key, value, why):
     with pytest.raises(ConfigError) as err:
@@ -446,3 +447,8 @@ def test_label_on_a_port_in_use_is_one_line_exit_2(tmp_path, capsys):
         code = main(["label", "--from", str(traces), "--out", str(tmp_path / "labels.jsonl"), "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 2 and err == f"r1lab: error: label: cannot serve on --host 127.0.0.1 --port {port}: Address already in use\n", err
+
+
+def test_prm_action_given_as_a_flag_is_refused_not_replaced(capsys):
+    assert main(["prm", "label", "--prm.action", "train", "--init", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == "r1lab: error: --prm.action: the action is the first word (r1lab prm label ...), not a flag\n"
