@@ -324,9 +324,17 @@ def test_absurd_problem_counts_are_refused_naming_the_key(stage, key):
     from r1lab.recipes import common
 
     cfg = config_lib.build(nest({key: 10**9}))
-    with pytest.raises(common.StageError, match=rf"^{key.replace('.', '[.]')} 1,000,000,000: holding that many chain problems needs over [\d,.]+ GiB"):
+    with pytest.raises(common.StageError, match=rf"^{key.replace('.', '[.]')} 1,000,000,000(| x eval.n_samples 8): holding that many chain problems and samples needs over [\d,.]+ GiB"):
         common.check_problems(stage, cfg, get_task("chain"))
     common.check_problems(stage, config_lib.build({}), get_task("chain"))  # the defaults fit
+
+
+def test_absurd_eval_sample_count_is_named_beside_the_problem_count():
+    from r1lab.recipes import common
+
+    cfg = config_lib.build({"eval": {"n_problems": 2, "n_samples": 10**12, "ks": [1]}})
+    with pytest.raises(common.StageError, match=r"^eval.n_problems 2 x eval.n_samples 1,000,000,000,000: .* lower eval.n_problems or eval.n_samples$"):
+        common.check_problems("eval", cfg, get_task("chain"), common.load_tokenizer(""))
 
 
 def test_problem_counts_over_a_finite_pool_are_refused_unless_the_stage_caps_them(tmp_path):

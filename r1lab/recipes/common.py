@@ -294,8 +294,10 @@ def check_problems(stage: str, cfg: Config, task, tok: BaseTokenizer | None = No
         per = example_bytes(ex) + (rows * sys.getsizeof(tok.prompt_ids(ex.question)) if tok is not None else 0)
         need, have = n * per, available_memory()
         if need > have:
-            raise StageError(f"{key} {n:,}: holding that many {task.name} problems needs over {need / 2**30:,.1f} GiB "
-                             f"({per:,} bytes each at the least) but {have / 2**30:,.1f} GiB is available; lower {key}")
+            culprit = f"{key} {n:,}" + (f" x eval.n_samples {rows:,}" if key == "eval.n_problems" and rows else "")
+            lower = key + (" or eval.n_samples" if key == "eval.n_problems" and rows else "")
+            raise StageError(f"{culprit}: holding that many {task.name} problems and samples needs over {need / 2**30:,.1f} GiB "
+                             f"({per:,} bytes a problem at the least) but {have / 2**30:,.1f} GiB is available; lower {lower}")
         if draw and not capped:
             try:
                 task.examples(split, n, seed)
