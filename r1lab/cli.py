@@ -137,6 +137,8 @@ def parse(argv: list[str]) -> tuple[str, config_lib.Config, bool]:
     if questions:
         overrides.setdefault("generate", {})["questions"] = questions
     if prm_action is not None:
+        if isinstance(overrides.get("prm"), dict) and "action" in overrides["prm"]:  # was: silently replaced by the first word
+            raise ConfigError(f"--prm.action: the action is the first word (r1lab prm {prm_action} ...), not a flag")
         overrides.setdefault("prm", {})["action"] = prm_action
     return stage, config_lib.build(*layers, overrides), debug
 
@@ -220,6 +222,9 @@ def _run(argv: list[str], debug: bool) -> int:
         task = get_task(cfg.task, seed=cfg.seed)  # fail on an unknown task before any work
         if "model" in STAGES[stage][2] and not seq_len_given(argv):
             size_context(cfg, task)
+        from r1lab.recipes import common
+
+        common.preflight(stage, cfg, task)  # problem counts and sampled batches the task and memory cannot give, before any work
         if nproc > 1 and not distributed.launched():
             if stage not in distributed.STAGES:
                 raise ConfigError(f"--nproc: r1lab {stage} runs in one process; only {', '.join(distributed.STAGES)} run under torchrun")

@@ -33,6 +33,10 @@ MAX_SEQ_LEN = 2**20
 "model.max_seq_len above this is refused at once (its RoPE tables alone would take GiBs); Qwen2.5-1M's 1,010,000 fits"
 
 
+MAX_DRAWS = 10**8
+"check.test_samples above this is refused at once: its draws are not kept, so no memory bound stops them, and 10^8 already take hours"
+
+
 @dataclass
 class ModelConfig:
     ffn: Literal["moe", "dense"] = "moe"
@@ -753,6 +757,27 @@ class Config:
             ("janus.digit_fraction", 0 <= j.digit_fraction <= 1, "must be in [0, 1]"),
             ("janus.text_weight", 0 <= j.text_weight and 0 <= j.gen_weight and j.text_weight + j.gen_weight <= 1, "text_weight + gen_weight must be in [0, 1]"),
             ("janus.enc_dim", j.enc_dim % 4 == 0, "must be a multiple of 4 (the encoder's heads)"),
+        ]
+        # Values that used to pass and then silently meant nonsense (the bad-input sweep): a negative
+        # clip flips every gradient's sign, a negative decay grows the weights, a negative reward
+        # weight rewards the opposite (extra rewards may be penalties: their weights stay free), rope_theta or norm_eps 0 gives NaN at the first step.
+        checks += [(f"{s}.{k}", getattr(getattr(self, s), k) >= 0, "must be >= 0 (0: off)" if k == "grad_clip" else "must be >= 0")
+                   for s in ("pretrain", "rl", "sft", "prm") for k in ("grad_clip", "weight_decay", "warmup_steps")] + [
+            (f"rl.{k}", getattr(r, k) >= 0, "must be >= 0") for k in ("format_weight", "correct_weight", "partial_weight", "overlong_weight")
+        ] + [
+            ("model.aux_loss_coef", m.aux_loss_coef >= 0, "must be >= 0 (0: off)"),
+            ("model.norm_eps", m.norm_eps > 0, "must be positive"),
+            ("model.rope_theta", m.rope_theta > 0, "must be positive"),
+            ("model.rope_low_freq_factor", m.rope_low_freq_factor > 0, "must be positive"),
+            ("model.rope_high_freq_factor", m.rope_high_freq_factor > 0, "must be positive"),
+            ("pretrain.min_lr_ratio", 0 <= p.min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("rl.monitor.probe_seed", 0 <= r.monitor.probe_seed < 2**32, "must be in [0, 2**32)"),
+            ("lora.alpha", self.lora.alpha > 0, "must be positive"),
+            ("lora.targets", set(self.lora.targets) <= {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}, "must name layers among wq, wk, wv, wo, w1, w2, w3"),
+            ("data.signal_threshold", 0 <= self.data.signal_threshold <= 1, "must be in [0, 1] (a pass@k)"),
+            ("check.test_samples", self.check.test_samples <= MAX_DRAWS, f"must be at most {MAX_DRAWS:,} (hours of drawing)"),
+            ("rl.prm", not r.prm or r.reward != "outcome", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),
+            ("distill.data", not self.distill.data or self.distill.mode == "token", "is read only with distill.mode token (was: ignored in sequence mode)"),
         ]
         # NaN passes no comparison, but infinity passes `> 0`: no float setting may be either.
         checks = [(key, False, "must be a finite number") for key, v in _floats(self) if not math.isfinite(v)] + checks

@@ -273,3 +273,190 @@ def test_an_allocation_the_machine_refuses_is_one_line_and_other_runtime_errors_
     monkeypatch.setattr(report, "main", lambda cfg: (_ for _ in ()).throw(MemoryError()))
     assert cli.main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("r1lab: error: out of memory: the allocation failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem counts and sampled batches the task or the machine cannot give: one line, before any work
+
+
+class _Small:
+    """A generator task of 30 distinct test questions that counts its draws."""
+
+    def __new__(cls):
+        from r1lab.tasks.base import Example, Task
+
+        class Small(Task):
+            name = "small"
+            draws = 0
+
+            def sample(self, rng, split):
+                self.draws += 1
+                return Example(f"q{rng.randrange(30)}", "1")
+
+            def check(self, answer, example):
+                return 1.0
+
+        return Small()
+
+
+def test_examples_beyond_what_a_task_holds_fail_fast():
+    task = _Small()
+    assert len(task.examples("test", 30, seed=0)) == 30  # the whole space is still reachable
+    task.draws = 0
+    with pytest.raises(ValueError, match="fewer than 1,000,000 distinct questions \\(30 found\\)"):
+        task.examples("test", 10**6, seed=0)
+    assert task.draws < 5_000  # it gave up once draws stopped finding new questions (was: 50 x 10^6 draws)
+    rows = "\n".join(json.dumps({"question": f"{i}+{i}", "answer": str(2 * i)}) for i in range(100))
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "r.jsonl").write_text(rows)
+        pool_task = JsonlTask(Path(d) / "r.jsonl")
+        n_test = len(pool_task.pool("test"))
+        with pytest.raises(ValueError, match=f"has {n_test} distinct questions, fewer than 1,000,000,000"):
+            pool_task.examples("test", 10**9, seed=0)  # at once: a finite pool's size is known
+
+
+@pytest.mark.parametrize("stage,key", [
+    ("eval", "eval.n_problems"), ("zero", "eval.n_problems"), ("zero", "rl.eval_problems"), ("rl", "rl.monitor.probe_problems"),
+    ("curate", "data.curate_problems"), ("rejection-sample", "rejection.n_prompts"), ("prm", "prm.n_problems"), ("r1", "r1.cold_start_examples"),
+    ("check-task", "check.train_samples"), ("zero", "data.signal_problems"),
+])
+def test_absurd_problem_counts_are_refused_naming_the_key(stage, key):
+    from r1lab.recipes import common
+
+    cfg = config_lib.build(nest({key: 10**9}))
+    with pytest.raises(common.StageError, match=rf"^{key.replace('.', '[.]')} 1,000,000,000(| x eval.n_samples 8): holding that many chain problems and samples needs over [\d,.]+ GiB"):
+        common.check_problems(stage, cfg, get_task("chain"))
+    common.check_problems(stage, config_lib.build({}), get_task("chain"))  # the defaults fit
+
+
+def test_absurd_eval_sample_count_is_named_beside_the_problem_count():
+    from r1lab.recipes import common
+
+    cfg = config_lib.build({"eval": {"n_problems": 2, "n_samples": 10**12, "ks": [1]}})
+    with pytest.raises(common.StageError, match=r"^eval.n_problems 2 x eval.n_samples 1,000,000,000,000: .* lower eval.n_problems or eval.n_samples$"):
+        common.check_problems("eval", cfg, get_task("chain"), common.load_tokenizer(""))
+
+
+def test_problem_counts_over_a_finite_pool_are_refused_unless_the_stage_caps_them(tmp_path):
+    from r1lab.recipes import common
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"{i}+{i}", "answer": str(2 * i)}) for i in range(100)))
+    task = get_task(f"jsonl:{path}")
+    n_test = len(task.pool("test"))
+    with pytest.raises(common.StageError, match=f"^eval.n_problems 500: task jsonl:.* test split holds {n_test} distinct problems; lower eval.n_problems"):
+        common.check_problems("eval", config_lib.build({"eval": {"n_problems": 500}}), task)
+    common.check_problems("curate", config_lib.build({"data": {"curate_problems": 500}}), task)  # curate takes the pool's size
+
+
+def test_zero_with_more_eval_problems_than_the_task_has_fails_before_pretraining(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"{i}+{i}", "answer": str(2 * i)}) for i in range(100)))
+    code = main(["zero", "--task", f"jsonl:{path}", "--eval.n_problems", "5", "--rl.eval_problems", "90", "--out", str(tmp_path / "z"), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "rl.eval_problems 90: task jsonl:" in err and "Traceback" not in err, err
+    assert not (tmp_path / "z").exists()  # was: 1,800 pretraining steps, then the error at RL's first evaluation
+
+
+def test_sampling_bound_counts_the_cache_and_logits_the_sampler_allocates():
+    import torch
+
+    from r1lab.config import ModelConfig
+    from r1lab.model.transformer import Transformer
+    from r1lab.recipes import common
+
+    for model_cfg in (ModelConfig(**TINY["model"], max_seq_len=64), ModelConfig(**TINY["model"], max_seq_len=64, attention="mla")):
+        model = Transformer(model_cfg, 50)
+        rows, tokens = 6, 40
+        cache = model.new_cache(rows, tokens)
+        cache_bytes = sum(t.numel() * t.element_size() for t in vars(cache).values() if isinstance(t, torch.Tensor))
+        outputs = rows * tokens * common.SAMPLED_BYTES_PER_TOKEN
+        assert common.sampling_bytes(rows, tokens, model_cfg, 50) == outputs + cache_bytes + rows * 50 * 4
+        # a row's budget is what the context leaves after a prompt of one token
+        assert common.sampling_bytes(rows, 10**6, model_cfg, 50) == common.sampling_bytes(rows, 63, model_cfg, 50)
+
+
+def test_rejection_sample_batch_too_large_for_memory_is_refused_with_the_model_counted(base_run, tmp_path, capsys, monkeypatch):
+    from r1lab.recipes import common
+
+    # 64 prompts x 64 samples x 64 tokens: 4.5 MB of sampler outputs (the old bound) but ~70 MB
+    # with the tiny model's cache and logits; the machine is made to have 20 MB.
+    monkeypatch.setattr(common, "available_memory", lambda: 20 * 2**20)
+    out = tmp_path / "traces.jsonl"
+    code = main(["rejection-sample", "--init", str(base_run), "--out", str(out), "--rejection.n_prompts", "64",
+                 "--rejection.prompts_per_batch", "64", "--rejection.samples_per_prompt", "64", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("r1lab: error: sampling 4,096 completions of up to 64 tokens in one batch needs over 0.1 GiB") and "rejection.prompts_per_batch" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key,value,why", [
+    # values the bad-input sweep found accepted, then silently meaning nonsense
+    ("pretrain.grad_clip", -1, "must be >= 0 (0: off)"),  # a negative clip flipped every gradient's sign
+    ("rl.grad_clip", -1, "must be >= 0 (0: off)"),
+    ("sft.grad_clip", -1, "must be >= 0 (0: off)"),
+    ("prm.grad_clip", -1, "must be >= 0 (0: off)"),
+    ("pretrain.weight_decay", -1, "must be >= 0"),  # grew the weights
+    ("rl.weight_decay", -1, "must be >= 0"),
+    ("sft.weight_decay", -0.5, "must be >= 0"),
+    ("prm.weight_decay", -1, "must be >= 0"),
+    ("pretrain.warmup_steps", -1, "must be >= 0"),
+    ("rl.warmup_steps", -1, "must be >= 0"),
+    ("prm.warmup_steps", -1, "must be >= 0"),
+    ("rl.format_weight", -1, "must be >= 0"),  # rewarded breaking the template
+    ("rl.correct_weight", -1, "must be >= 0"),
+    ("rl.partial_weight", -1, "must be >= 0"),
+    ("rl.overlong_weight", -1, "must be >= 0"),
+    ("model.aux_loss_coef", -1, "must be >= 0 (0: off)"),
+    ("model.norm_eps", 0, "must be positive"),
+    ("model.rope_theta", 0, "must be positive"),  # NaN loss at the first step
+    ("model.rope_theta", -1, "must be positive"),
+    ("model.rope_low_freq_factor", -1, "must be positive"),
+    ("pretrain.min_lr_ratio", 2, "must be in [0, 1]"),
+    ("pretrain.min_lr_ratio", -1, "must be in [0, 1]"),
+    ("rl.monitor.probe_seed", -1, "must be in [0, 2**32)"),
+    ("rl.monitor.probe_seed", 10**12, "must be in [0, 2**32)"),
+    ("lora.alpha", 0, "must be positive"),  # adapters that never change the model
+    ("lora.alpha", -1, "must be positive"),
+    ("data.signal_threshold", -1, "must be in [0, 1] (a pass@k)"),
+    ("data.signal_threshold", 1e12, "must be in [0, 1] (a pass@k)"),
+    ("check.test_samples", 10**12, "must be at most 100,000,000 (hours of drawing)"),  # drew for ever
+    ("rl.prm", "runs/prm", "is read only with rl.reward process or hybrid (was: ignored with outcome)"),
+    ("distill.data", "jsonl:x.jsonl", "is read only with distill.mode token (was: ignored in sequence mode)"),
+    ("lora.targets", ["wq", "abc"], "must name layers among wq, wk, wv, wo, w1, w2, w3"),  # was: accepted while lora.rank is 0
+])
+def test_values_that_silently_meant_nonsense_are_config_errors(key, value, why):
+    with pytest.raises(ConfigError) as err:
+        config_lib.build(nest({key: value}))
+    assert str(err.value) == f"config key {key}: {why}"
+
+
+def test_negative_extra_reward_weights_stay_allowed():
+    # a length penalty is an extra reward with a negative weight (tests/test_rl_loop.py)
+    assert config_lib.build({"rl": {"extra_rewards": ["chars"], "extra_reward_weights": [-0.01]}}).rl.extra_reward_weights == [-0.01]
+
+
+def test_absurd_sample_counts_of_pass_rate_estimates_are_one_line_before_any_work(tmp_path, capsys):
+    assert main(["curate", "--init", "/nonexistent", "--data.samples", "1000000000000", "--out", str(tmp_path / "c.jsonl"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("r1lab: error: sampling 1,000,000,000,000 completions") and "lower data.samples" in err, err
+
+
+def test_label_on_a_port_in_use_is_one_line_exit_2(tmp_path, capsys):
+    import socket
+
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(json.dumps({"task": "chain", "question": "1+2", "gold": "3", "completion": "<think>1+2=3</think> <answer>3</answer>"}) + "\n")
+    with socket.socket() as busy:  # was: werkzeug printed the reason on its own and exited 1
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["label", "--from", str(traces), "--out", str(tmp_path / "labels.jsonl"), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"r1lab: error: label: cannot serve on --host 127.0.0.1 --port {port}: Address already in use\n", err
+
+
+def test_prm_action_given_as_a_flag_is_refused_not_replaced(capsys):
+    assert main(["prm", "label", "--prm.action", "train", "--init", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == "r1lab: error: --prm.action: the action is the first word (r1lab prm label ...), not a flag\n"

@@ -33,9 +33,10 @@ def test_curation_quick_writes_its_folder(tmp_path, monkeypatch):
     assert list(rows) == ["uniform", "curriculum", "pass_rate"]
     assert rows["pass_rate"]["rl_steps"] < rows["uniform"]["rl_steps"]  # estimation is paid out of the same budget
     assert all(run["curve"][-1][1] <= summary["budget_completions"] for run in summary["runs"])
-    metrics = [json.loads(line) for line in (tmp_path / "chain_sum" / "curriculum_s0" / "metrics.jsonl").read_text().splitlines()]
+    folder = "letter_counting_min_words30_max_words38"  # --quick runs the default dataset
+    metrics = [json.loads(line) for line in (tmp_path / folder / "curriculum_s0" / "metrics.jsonl").read_text().splitlines()]
     assert all("curriculum/level" in m for m in metrics)
-    assert (tmp_path / "chain_sum_pass_at_1.png").stat().st_size > 1000
+    assert (tmp_path / f"{folder}_pass_at_1.png").stat().st_size > 1000
 
 
 def test_curation_reads_datasets_with_options():
@@ -76,3 +77,24 @@ def test_curation_refuses_a_bad_dataset_before_any_base_is_pretrained(tmp_path, 
     with pytest.raises(SystemExit) as err:
         runpy.run_path(str(ROOT / "experiments" / "curation.py"), run_name="__main__")
     assert "unknown option 'nosuch'" in str(err.value) and not out.exists()
+
+
+def test_curation_defaults_are_the_docs_headline_setting():
+    # docs/gym.md's headline figures (and README's) come from the 3-seed letter_counting replication:
+    # running the experiment with its defaults must be that command, less where it writes and
+    # which base it starts from.
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import curation
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    text = (ROOT / "docs" / "gym.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    (command,) = [line for line in text.splitlines() if "curation.py --out runs/experiments/curation4 " in line]
+    flags = command.split("curation.py", 1)[1].split()
+    given = dict(zip(flags[::2], flags[1::2]))
+    defaults = vars(curation.parser().parse_args([]))
+    compared = {k: v for k, v in given.items() if k not in ("--out", "--init", "--workers")}
+    assert len(compared) >= 10, compared
+    for flag, value in compared.items():
+        default = defaults[flag[2:].replace("-", "_")]
+        assert str(default) == value, (flag, default, value)

@@ -211,14 +211,126 @@ SAMPLED_BYTES_PER_TOKEN = 17
 "what the sampler keeps per row and token slot at the least: token id (8), log-prob (4), entropy (4), mask (1)"
 
 
-def check_sampling(rows: int, tokens: int, keys: str) -> None:
+def sampling_bytes(rows: int, tokens: int, model_cfg: ModelConfig | None = None, vocab_size: int = 0, itemsize: int = 4) -> int:
+    """A lower bound on the bytes ``rollout.sample`` holds at once for ``rows`` completions of up to
+    ``tokens`` tokens: its per-token outputs (``SAMPLED_BYTES_PER_TOKEN``) and, given the model,
+    the cache slots it allocates up front for every row's completion (GQA: keys and values of every
+    layer; MLA: the latent and rotary key) and one row of next-token logits per row. The prompt's
+    cache, the prefill logits and the activations come on top."""
+    if model_cfg is None:  # no model has a longer context than config.MAX_SEQ_LEN, which caps each row's budget
+        return rows * min(tokens, config_lib.MAX_SEQ_LEN) * SAMPLED_BYTES_PER_TOKEN
+    m = model_cfg
+    tokens = max(min(tokens, m.max_seq_len - 1), 1)  # a row's budget: what the context leaves after a prompt of >= 1 token
+    if m.attention == "mla":
+        cache_per_token = m.n_layers * (m.kv_lora_rank + m.qk_rope_head_dim) * itemsize
+    else:
+        cache_per_token = m.n_layers * 2 * m.n_kv_heads * (m.d_model // m.n_heads) * itemsize
+    return rows * (tokens * (SAMPLED_BYTES_PER_TOKEN + cache_per_token) + vocab_size * itemsize)
+
+
+def check_sampling(rows: int, tokens: int, keys: str, model: torch.nn.Module | None = None,
+                   model_cfg: ModelConfig | None = None, vocab_size: int = 0) -> None:
     """StageError naming ``keys`` when ``rows`` completions of up to ``tokens`` tokens, sampled in
-    one batch, cannot fit in memory. A lower bound (the sampler's per-token outputs only, no
-    cache, no logits), so it never refuses a batch that would fit."""
-    need, have = rows * tokens * SAMPLED_BYTES_PER_TOKEN, available_memory()
+    one batch, cannot fit in memory. A lower bound (``sampling_bytes``), so it never refuses a
+    batch that would fit; given the ``model`` (or its ``model_cfg`` and ``vocab_size`` before it is
+    built) it counts the completions' cache and logits too, which dominate: without them a batch
+    100x too large for the machine passed."""
+    itemsize = 4
+    if model is not None:
+        model_cfg, vocab_size, itemsize = model.cfg, model.vocab_size, model.embed.weight.element_size()
+    need, have = sampling_bytes(rows, tokens, model_cfg, vocab_size, itemsize), available_memory()
     if need > have:
         raise StageError(f"sampling {rows:,} completions of up to {tokens:,} tokens in one batch needs over {need / 2**30:,.1f} GiB "
                          f"but {have / 2**30:,.1f} GiB is available; lower {keys}")
+
+
+def example_bytes(ex: object) -> int:
+    """Bytes one drawn problem (an ``Example``: the object, its fields and their strings) holds."""
+    fields = vars(ex)
+    return sys.getsizeof(ex) + sys.getsizeof(fields) + sum(sys.getsizeof(v) for v in fields.values())
+
+
+def problem_counts(stage: str, cfg: Config) -> list[tuple[str, str, int, int, bool, int]]:
+    """``(config key, split, count, seed, capped, sampled rows held per problem)`` of every set of
+    distinct problems ``stage`` draws with ``Task.examples``. ``capped``: the stage takes a finite
+    pool's size when it holds fewer (curate, the signal check, check-task); the others need that
+    many. Rows held: an evaluation keeps every sample's prompt row of all its problems at once
+    (counted with the run's tokenizer when ``check_problems`` gets one)."""
+    e, r, d, rc = cfg.eval, cfg.rl, cfg.data, cfg.rejection
+    evals = [("eval.n_problems", e.split, e.n_problems, e.seed, False, e.n_samples)]
+    rl_evals = [("rl.eval_problems", "test", r.eval_problems, e.seed, False, 2)] if r.eval_every else []
+    if r.monitor.enabled and r.monitor.probe_every:
+        rl_evals.append(("rl.monitor.probe_problems", "test", r.monitor.probe_problems, r.monitor.probe_seed, False, 1))
+    signal = [("data.signal_problems", "train", d.signal_problems, e.seed + 1, True, 0)] if d.signal_problems else []
+    rejection = [("rejection.n_prompts", "train", rc.n_prompts, cfg.seed, False, 0)]
+    return {
+        "eval": evals,
+        # check-task keeps every train draw and every RL prompt in a list (draws repeat: no pool bound)
+        "check-task": [("eval.n_problems", "test", e.n_problems, e.seed, True, 0), ("check.train_samples", "train", cfg.check.train_samples, cfg.seed + 1, True, 0),
+                       ("rl.steps x rl.prompts_per_step", "train", r.steps * r.prompts_per_step, cfg.seed, True, 0)],
+        "zero": evals + rl_evals + signal,
+        "r1": evals + rl_evals + signal + rejection + [("r1.cold_start_examples", "train", cfg.r1.cold_start_examples, cfg.seed, True, 0)],
+        "rl": rl_evals + (signal if d.signal_check else []),
+        "curate": [("data.curate_problems", "train", d.curate_problems, cfg.seed, True, 0)],
+        "rejection-sample": rejection,
+        "distill": rejection if cfg.distill.mode == "sequence" else [],
+        "prm": [("prm.n_problems", cfg.prm.split, cfg.prm.n_problems, cfg.seed, False, 0)] if cfg.prm.action == "label" else [],
+    }.get(stage, [])
+
+
+def check_problems(stage: str, cfg: Config, task, tok: BaseTokenizer | None = None, draw: bool = False) -> None:
+    """StageError naming the key, before any work, when a count of distinct problems
+    (``problem_counts``) exceeds what the task can give or what memory can hold: more than a
+    finite pool's distinct questions, or more problems than fit in memory (a lower bound: one drawn
+    problem's bytes, plus its prompt rows where the stage holds them). ``draw``: also draw them now
+    (``Task.examples``; a generator with a small space fails fast), for pipelines whose evaluation
+    comes after training: ``r1lab zero --eval.n_problems 100000`` on chain used to pretrain, then fail."""
+    for key, split, n, seed, capped, rows in problem_counts(stage, cfg):
+        try:
+            ex = task.sample(random.Random(seed), split)
+        except ValueError:  # a split the task cannot draw here (humaneval's train; scenes outside janus): the stage says so
+            continue
+        pool = task.pool(split)
+        if pool is not None:
+            distinct = len({ex.question for ex in pool})
+            if n > distinct and not capped:  # (a capped count is drawn with repeats, or cut to the pool)
+                raise StageError(f"{key} {n:,}: task {task.name}'s {split} split holds {distinct:,} distinct problems; lower {key}")
+            n = min(n, distinct)
+        per = example_bytes(ex) + (rows * sys.getsizeof(tok.prompt_ids(ex.question)) if tok is not None else 0)
+        need, have = n * per, available_memory()
+        if need > have:
+            culprit = f"{key} {n:,}" + (f" x eval.n_samples {rows:,}" if key == "eval.n_problems" and rows else "")
+            lower = key + (" or eval.n_samples" if key == "eval.n_problems" and rows else "")
+            raise StageError(f"{culprit}: holding that many {task.name} problems and samples needs over {need / 2**30:,.1f} GiB "
+                             f"({per:,} bytes a problem at the least) but {have / 2**30:,.1f} GiB is available; lower {lower}")
+        if draw and not capped:
+            try:
+                task.examples(split, n, seed)
+            except ValueError as err:
+                raise StageError(f"{key}: {err}") from None
+
+
+def preflight(stage: str, cfg: Config, task) -> None:
+    """What the CLI checks after the config and task, before any stage starts: the problem counts
+    (``check_problems``) and, for the pipelines that build a fresh model and sample from it after
+    training it (zero, r1), their sampled batches against that model's cache and logits
+    (``check_sampling``): a batch too large used to fail only after pretraining."""
+    try:
+        tok = load_tokenizer(cfg.init)
+    except (ValueError, OSError):  # a bad --init: the stage itself says so, naming it
+        tok = None
+    check_problems(stage, cfg, task, tok, draw=stage in ("zero", "r1"))
+    d = cfg.data
+    if stage == "curate" or stage in ("zero", "r1") and d.signal_problems or stage == "rl" and (d.signal_check or d.prompts == "pass_rate"):
+        # pass-rate estimates sample data.samples completions of each prompt in one call at least
+        check_sampling(d.samples, cfg.rl.sample.max_new_tokens, "data.samples")
+    if stage in ("zero", "r1") and not cfg.init:
+        vocab = CharTokenizer.build().vocab_size
+        r, rc = cfg.rl, cfg.rejection
+        check_sampling(r.prompts_per_step * r.group_size, r.sample.max_new_tokens, "rl.prompts_per_step x rl.group_size", model_cfg=cfg.model, vocab_size=vocab)
+        if stage == "r1":
+            check_sampling(min(rc.prompts_per_batch, rc.n_prompts) * rc.samples_per_prompt, rc.sample.max_new_tokens,
+                           "rejection.prompts_per_batch x rejection.samples_per_prompt (or rejection.sample.max_new_tokens)", model_cfg=cfg.model, vocab_size=vocab)
 
 
 def model_state(model: Transformer) -> dict:

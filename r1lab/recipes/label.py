@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import socket
 from pathlib import Path
 
 from r1lab import tracking
@@ -30,6 +31,19 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_bindable(host: str, port: int) -> None:
+    """StageError naming ``--host``/``--port`` when the page cannot be served there (an unknown
+    host name, an address not on this machine, a port in use): werkzeug would print the reason on
+    its own line and exit 1."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug binds
+            probe.bind(address)
+    except OSError as err:
+        raise common.StageError(f"label: cannot serve on --host {host} --port {port}: {err.strerror or err}") from None
 
 
 def main(cfg: Config) -> Path | None:
@@ -56,6 +70,7 @@ def main(cfg: Config) -> Path | None:
 
     from werkzeug.serving import make_server
 
+    check_bindable(lc.host, lc.port)
     server = make_server(lc.host, lc.port, app, threaded=True)
     done, total = store.progress()
     shown_host = f"[{lc.host}]" if ":" in lc.host else lc.host

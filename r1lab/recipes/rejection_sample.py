@@ -95,6 +95,10 @@ def write_outputs(out: Path, records: list[dict], stats: dict) -> None:
     _write_atomic(stats_path(out), json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
 
 
+SAMPLING_KEYS = "rejection.prompts_per_batch x rejection.samples_per_prompt (or rejection.sample.max_new_tokens)"
+"what a sampled batch too large for memory names"
+
+
 def run(cfg: Config, out: Path, init: str | Path) -> dict:
     """Sample from ``init``, write the accepted samples to ``out`` (JSONL) and the statistics to
     ``out.with_suffix('.stats.json')``; return the statistics."""
@@ -108,6 +112,8 @@ def run(cfg: Config, out: Path, init: str | Path) -> dict:
         examples = task.examples("train", rc.n_prompts, cfg.seed)
     except ValueError as e:
         raise common.StageError(f"rejection.n_prompts: {e}") from None
+    # the model is known now: count its cache and logits too (main's check before loading cannot)
+    common.check_sampling(min(rc.prompts_per_batch, len(examples)) * rc.samples_per_prompt, rc.sample.max_new_tokens, SAMPLING_KEYS, model=model)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = rc.samples_per_prompt
     extra = {"init": str(ckpt.path), "task": task.name, "max_per_prompt": rc.max_per_prompt, "temperature": rc.sample.temperature,
@@ -139,8 +145,7 @@ def main(cfg: Config) -> Path:
     if not cfg.init:
         raise common.StageError("rejection-sample needs --init: the run or checkpoint to sample from")
     rc = cfg.rejection
-    common.check_sampling(min(rc.prompts_per_batch, rc.n_prompts) * rc.samples_per_prompt, rc.sample.max_new_tokens,
-                          "rejection.prompts_per_batch x rejection.samples_per_prompt")
+    common.check_sampling(min(rc.prompts_per_batch, rc.n_prompts) * rc.samples_per_prompt, rc.sample.max_new_tokens, SAMPLING_KEYS)
     out = Path(cfg.out) if cfg.out else Path("runs") / f"rejection-{Path(cfg.init).name}.jsonl"
     if out.is_dir():
         raise common.StageError(f"--out {out} is a folder; rejection-sample writes a JSONL file (e.g. {out / 'traces.jsonl'})")

@@ -17,6 +17,8 @@ def main(cfg: Config) -> list[str]:
     common.check_sampling(max(len(cfg.generate.questions), 1) * cfg.generate.n, cfg.generate.sample.max_new_tokens, "generate.n (or the number of questions)")
     common.seed_everything(cfg.seed, cfg.threads)
     model, ckpt = common.load_model(cfg.init)
+    # again with the model: its cache and logits counted, each row's tokens capped by its context
+    common.check_sampling(max(len(cfg.generate.questions), 1) * cfg.generate.n, cfg.generate.sample.max_new_tokens, "generate.n (or the number of questions)", model=model)
     tok = common.load_tokenizer(cfg.init)
     g = cfg.generate
     task = get_task(cfg.task, seed=cfg.seed)

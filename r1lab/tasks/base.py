@@ -78,16 +78,25 @@ class Task(ABC):
     def examples(self, split: Split, n: int, seed: int) -> list[Example]:
         """``n`` distinct examples of ``split``, deterministic in ``seed`` (for evaluation).
 
-        Raises ValueError if the split holds fewer than ``n`` distinct questions."""
+        Raises ValueError if the split holds fewer than ``n`` distinct questions: at once for a
+        finite pool, else once ``max(2000, 10 x found)`` draws in a row brought no new question (a
+        generator with a small space is exhausted: humaneval's 164, chain's few thousand test
+        questions) or after ``50 n + 1000`` draws in all. Asked for 10^7, a generator used to draw
+        for hours before the same error."""
+        pool = self.pool(split)
+        if pool is not None and len({ex.question for ex in pool}) < n:
+            raise ValueError(f"task {self.name!r}: its {split} split has {len({ex.question for ex in pool}):,} distinct questions, fewer than {n:,}")
         rng = random.Random(seed)
         seen: dict[str, Example] = {}
+        since_new = 0
         for _ in range(50 * n + 1000):
-            if len(seen) == n:
+            if len(seen) == n or since_new > max(2000, 10 * len(seen)):
                 break
             ex = self.sample(rng, split)
+            since_new = since_new + 1 if ex.question in seen else 0
             seen.setdefault(ex.question, ex)
         if len(seen) < n:
-            raise ValueError(f"task {self.name!r}: its {split} split has fewer than {n} distinct questions")
+            raise ValueError(f"task {self.name!r}: its {split} split has fewer than {n:,} distinct questions ({len(seen):,} found)")
         return list(seen.values())
 
     def score(self, completion: str, example: Example, weights: rewards.RewardWeights) -> rewards.Score:
