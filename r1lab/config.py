@@ -9,6 +9,7 @@ values raise ``ConfigError`` naming the key; the CLI turns that into a one-line 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -930,8 +931,10 @@ def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, doc) for every field, read from the docstrings under the fields."""
+@functools.cache
+def describe(cls: type = Config, prefix: str = "") -> tuple[tuple[str, str, str], ...]:
+    """(dotted key, default, doc) for every field, read from the docstrings under the fields (parsed
+    once per class: the source does not change while the process runs)."""
     import ast
     import inspect
 
@@ -948,4 +951,4 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
             rows += describe(type(value), f"{prefix}{f.name}.")
         else:
             rows.append((f"{prefix}{f.name}", repr(value), docs.get(f.name, "")))
-    return rows
+    return tuple(rows)
