@@ -13,8 +13,8 @@ completions), the rollouts' mean completion length (Dr. GRPO's claim: GRPO's 1/|
 lets wrong answers grow longer), the steps to the threshold on the rollouts' correct rate (per
 step), the rollouts' entropy at the end, groups drawn per step (DAPO's dynamic sampling), CPU and
 wall time. Writes table.md, summary.json and plots (pass@1, length and rollout correct-rate
-curves with seed bands, wall-time bars) through r1lab.report. The reward-hacking monitor is off
-in these runs (it only observes). Runs go seed by seed; several processes may share one --out
+curves with seed bands, wall-time and final pass@1 bars) through r1lab.report. The
+reward-hacking monitor is off in these runs (it only observes). Runs go seed by seed; several processes may share one --out
 (each claims a run before training it, and a finished run's result.json is read, not rerun);
 ``--collect`` only tabulates what is finished.
 
@@ -219,7 +219,7 @@ def main() -> None:
             (run_dir / CLAIM).unlink()
 
     # Tabulate the finished runs (all of them, unless another process still trains some).
-    pass_curves, len_curves, train_curves, walls, rows, lens_by_arm = {}, {}, {}, {}, [], {}
+    pass_curves, len_curves, train_curves, walls, rows, lens_by_arm, final_by_arm = {}, {}, {}, {}, [], {}, {}
     for arm in arms:
         pass_curves[arm], len_curves[arm], train_curves[arm], walls[arm] = [], [], [], []
         lens_by_arm[arm] = lens = []
@@ -258,6 +258,7 @@ def main() -> None:
             for d in (pass_curves, len_curves, train_curves, walls):
                 del d[arm]
             continue
+        final_by_arm[arm] = finals
         got = [s for s in reached if s is not None]
         got_train = [s for s in reached_train if s is not None]
         rows.append({"algorithm": arm, "pass@1 final": statistics.mean(finals), "pass@1 min": min(finals), "pass@1 max": max(finals),
@@ -273,6 +274,7 @@ def main() -> None:
     plots.curves(out / "rollout_correct.png", train_curves, title=f"rollouts' correct rate ({args.window}-step trailing mean)", xlabel="RL step",
                  ylabel="correct rate")
     plots.bars(out / "wall.png", walls, title="wall time per run", ylabel="seconds")
+    plots.bars(out / "final_pass.png", final_by_arm, title=f"final held-out pass@1 (base {base_pass:.3f})", ylabel="pass@1")
     best = max(rows, key=lambda r: r["pass@1 final"])
     by = {r["algorithm"]: r for r in rows}
     verdict = f"highest final held-out pass@1: {best['algorithm']} ({best['pass@1 final']:.3f}; base {base_pass:.3f})"

@@ -19,7 +19,7 @@ def test_algorithms_quick_writes_its_folder(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["algorithm"] for r in summary["rows"]] == arms[:-1] + ["grpo:mini_batches=2:lr=3e-05"]  # values as validated
     assert summary["quick"] is True and "highest final held-out pass@1" in summary["verdict"]
-    for png in ("pass_at_1.png", "mean_len.png", "rollout_correct.png", "wall.png"):
+    for png in ("pass_at_1.png", "mean_len.png", "rollout_correct.png", "wall.png", "final_pass.png"):
         assert (tmp_path / png).stat().st_size > 1000
     for arm in ("dapo", "gspo"):  # each ran its own preset: DAPO's metric only exists under dynamic sampling
         rows = [json.loads(line) for line in (tmp_path / arm / "seed0" / "metrics.jsonl").read_text().splitlines()]
