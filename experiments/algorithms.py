@@ -2,6 +2,7 @@
 
     python experiments/algorithms.py [--out DIR] [--quick] [--seeds 3] [--steps 40] [--task chain]
                                      [--init RUN_OR_CHECKPOINT | --pretrain-steps N] [--prompts 8]
+                                     [--arms grpo,dapo,grpo:mini_batches=4,...] [--lr 2.5e-5] [--collect]
 
 One base model, either pretrained here once (seeded) or an existing one (``--init``, a pretrain
 run, a `zero` run or a checkpoint folder, as ``r1lab rl --init`` takes it); then each algorithm's
