@@ -2,6 +2,7 @@
 
     python experiments/algorithms.py [--out DIR] [--quick] [--seeds 3] [--steps 40] [--task chain]
                                      [--init RUN_OR_CHECKPOINT | --pretrain-steps N] [--prompts 8]
+                                     [--arms grpo,dapo,grpo:mini_batches=4,...] [--lr 2.5e-5] [--collect]
 
 One base model, either pretrained here once (seeded) or an existing one (``--init``, a pretrain
 run, a `zero` run or a checkpoint folder, as ``r1lab rl --init`` takes it); then each algorithm's
@@ -13,10 +14,16 @@ completions), the rollouts' mean completion length (Dr. GRPO's claim: GRPO's 1/|
 lets wrong answers grow longer), the steps to the threshold on the rollouts' correct rate (per
 step), the rollouts' entropy at the end, groups drawn per step (DAPO's dynamic sampling), CPU and
 wall time. Writes table.md, summary.json and plots (pass@1, length and rollout correct-rate
-curves with seed bands, wall-time bars) through r1lab.report. The reward-hacking monitor is off
-in these runs (it only observes). Runs go seed by seed; several processes may share one --out
+curves with seed bands, wall-time and final pass@1 bars) through r1lab.report. The
+reward-hacking monitor is off in these runs (it only observes). Runs go seed by seed; several processes may share one --out
 (each claims a run before training it, and a finished run's result.json is read, not rerun);
 ``--collect`` only tabulates what is finished.
+
+An arm is a preset's name, optionally with ``rl.*`` overrides after colons: ``grpo:mini_batches=4``
+is GRPO taking 4 optimizer steps per batch, ``dapo:lr=2.5e-5`` DAPO at a quarter of the step size.
+``--lr X`` sets rl.lr for every arm that does not set it (and names it in the arm, ``dapo:lr=X``), so
+runs at another lr share one --out with the default ones (each arm's runs live in ARM/seedN, with
+``+`` for ``:``).
 """
 
 from __future__ import annotations
@@ -64,6 +71,44 @@ def final_eval(ckpt: Path, task: str, eval_cfg: config_lib.EvalConfig, samples: 
     model, _ = common.load_model(ckpt)
     res = evaluate_model(model, common.load_tokenizer(ckpt), get_task(task), eval_cfg, RewardWeights(), desc="final eval", samples_out=samples)
     return (res.metrics["pass@1"], *lengths_by_outcome(samples))
+
+
+FIXED = ("steps", "eval_every", "prompts_per_step", "group_size", "eval_problems", "monitor")
+"rl keys the experiment sets for every arm alike (its budget and evaluation): an arm may not override them"
+
+
+def parse_arm(spec: str, lr: float | None = None) -> tuple[str, dict]:
+    """``'grpo:mini_batches=4:lr=2.5e-5'`` -> (``'grpo:mini_batches=4:lr=2.5e-05'``, the preset's keys with those
+    rl.* overrides on top). The label names each override with its validated value; ``lr`` (the ``--lr``
+    flag) is added where the spec sets none. Raises ConfigError naming the culprit."""
+    preset, *pairs = spec.strip().split(":")
+    if preset not in config_lib.presets():
+        raise config_lib.ConfigError(f"no preset {preset!r} in arm {spec!r}; shipped: {', '.join(config_lib.presets())}")
+    over: dict = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key or not raw:
+            raise config_lib.ConfigError(f"arm {spec!r}: {pair!r} is not KEY=VALUE (an rl.* key, e.g. grpo:mini_batches=4)")
+        if key in FIXED:
+            raise config_lib.ConfigError(f"arm {spec!r}: rl.{key} is the experiment's, the same for every arm (set it with the experiment's flags)")
+        if key in over:
+            raise config_lib.ConfigError(f"arm {spec!r}: rl.{key} is given twice")
+        over[key] = config_lib.parse_overrides([f"--rl.{key}", raw])["rl"][key]
+    if lr is not None and "lr" not in over:
+        over["lr"] = lr
+    layers = config_lib.load_yaml(preset)
+    try:
+        rl = config_lib.build(layers, {"rl": over}).rl  # validates keys, types and values
+    except config_lib.ConfigError as err:
+        raise config_lib.ConfigError(f"arm {spec!r}: {err}") from None
+    shown = {k: getattr(rl, k) for k in over}
+    label = ":".join([preset] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()])
+    return label, {**layers, "rl": {**layers.get("rl", {}), **shown}}
+
+
+def arm_dir(out: Path, label: str) -> Path:
+    """The folder of an arm's runs (``:`` -> ``+``, which shells do not treat specially)."""
+    return out / label.replace(":", "+")
 
 
 CLAIM = "claim.pid"
@@ -115,16 +160,22 @@ def main() -> None:
     ap.add_argument("--eval-problems", type=int, default=100)
     ap.add_argument("--final-samples", type=int, default=4, help="samples per problem in the base's and each run's final evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy machine)")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms: PRESET[:RL_KEY=VALUE...], e.g. grpo,grpo:mini_batches=4")
+    ap.add_argument("--lr", type=float, default=None, help="rl.lr of every arm that does not set its own (default: each preset's, r1lab's 1e-4)")
     ap.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs already finished in --out (by other processes)")
     args = ap.parse_args()
     os.environ.setdefault("R1LAB_NO_PROGRESS", "1")
     out = Path(args.out)
-    arms = args.arms.split(",")
-    unknown = [a for a in arms if a not in config_lib.presets()]
-    if unknown:
-        print(f"error: --arms: no preset {unknown[0]!r}; shipped: {', '.join(config_lib.presets())}", file=sys.stderr)
+    if args.lr is not None and not 0 < args.lr < float("inf"):
+        print(f"error: --lr: {args.lr} is not a positive finite learning rate", file=sys.stderr)
         sys.exit(2)
+    try:
+        parsed = [parse_arm(a, args.lr) for a in args.arms.split(",")]
+    except config_lib.ConfigError as err:
+        print(f"error: --arms: {err}", file=sys.stderr)
+        sys.exit(2)
+    arms = [label for label, _ in parsed]
+    arm_keys = dict(parsed)
     seeds = 1 if args.quick else args.seeds
     steps, eval_every = (2, 1) if args.quick else (args.steps, args.eval_every)
     shared = QUICK if args.quick else {"rl": {"prompts_per_step": args.prompts, "group_size": args.group_size, "eval_problems": args.eval_problems}}
@@ -155,10 +206,10 @@ def main() -> None:
     # arm on its first seeds). Several processes may share --out: each claims a run before training it.
     for seed in range(0 if args.collect else seeds):
         for arm in arms:
-            run_dir = out / arm / f"seed{seed}"
+            run_dir = arm_dir(out, arm) / f"seed{seed}"
             if (run_dir / "result.json").is_file() or not claim(run_dir):
                 continue
-            cfg = config_lib.build(config_lib.load_yaml(arm), shared,
+            cfg = config_lib.build(arm_keys[arm], shared,
                                    {"seed": seed, "out": str(run_dir), "resume": True, "rl": {"steps": steps, "eval_every": eval_every}})
             t, c = time.perf_counter(), time.process_time()
             last = rl_recipe.run(cfg, run_dir, base_ckpt)
@@ -169,13 +220,13 @@ def main() -> None:
             (run_dir / CLAIM).unlink()
 
     # Tabulate the finished runs (all of them, unless another process still trains some).
-    pass_curves, len_curves, train_curves, walls, rows, lens_by_arm = {}, {}, {}, {}, [], {}
+    pass_curves, len_curves, train_curves, walls, rows, lens_by_arm, final_by_arm = {}, {}, {}, {}, [], {}, {}
     for arm in arms:
         pass_curves[arm], len_curves[arm], train_curves[arm], walls[arm] = [], [], [], []
         lens_by_arm[arm] = lens = []
         curve_finals, finals, _, rights, wrongs, reached, reached_train, drawn, cpus, ents = [], [], [], [], [], [], [], [], [], []
         for seed in range(seeds):
-            run_dir = out / arm / f"seed{seed}"
+            run_dir = arm_dir(out, arm) / f"seed{seed}"
             if not (run_dir / "result.json").is_file():
                 continue
             result = json.loads((run_dir / "result.json").read_text())
@@ -208,6 +259,7 @@ def main() -> None:
             for d in (pass_curves, len_curves, train_curves, walls):
                 del d[arm]
             continue
+        final_by_arm[arm] = finals
         got = [s for s in reached if s is not None]
         got_train = [s for s in reached_train if s is not None]
         rows.append({"algorithm": arm, "pass@1 final": statistics.mean(finals), "pass@1 min": min(finals), "pass@1 max": max(finals),
@@ -223,6 +275,7 @@ def main() -> None:
     plots.curves(out / "rollout_correct.png", train_curves, title=f"rollouts' correct rate ({args.window}-step trailing mean)", xlabel="RL step",
                  ylabel="correct rate")
     plots.bars(out / "wall.png", walls, title="wall time per run", ylabel="seconds")
+    plots.bars(out / "final_pass.png", final_by_arm, title=f"final held-out pass@1 (base {base_pass:.3f})", ylabel="pass@1")
     best = max(rows, key=lambda r: r["pass@1 final"])
     by = {r["algorithm"]: r for r in rows}
     verdict = f"highest final held-out pass@1: {best['algorithm']} ({best['pass@1 final']:.3f}; base {base_pass:.3f})"
