@@ -214,7 +214,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, vq: VQVAE, tok: BaseToke
             t0 = time.perf_counter()
             lr = loop.set_lr(common.lr_at(step, j.lr, j.warmup_steps, total, cfg.pretrain.min_lr_ratio))
             rows, counts = build_rows(stage, tok, task, vq, rng, cfg)
-            batches = [S.assemble(model, [rows[i] for i in idx], tok.pad_id) for idx in S.length_buckets(rows)]
+            batches = [S.assemble(model, [rows[i] for i in idx], tok.pad_id) for idx in S.length_buckets(rows, model.n_patches)]
             out = S.losses(model, batches)
             bad, grad_norm = loop.backward_step(out.total, cfg.pretrain.grad_clip)
             load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)
@@ -377,7 +377,7 @@ def main(cfg: Config) -> Path:
     # minutes before an absurd --model.d_model is refused.
     common.check_trainable(lambda: VQVAE(cfg.janus), "VQ tokenizer", "janus.vq_codebook, janus.vq_channels, janus.vq_dim")
     common.check_trainable(lambda: JanusModel(lm_config(cfg.model, SEQ_LEN), common.load_tokenizer("").vocab_size, cfg.janus),
-                           "janus model", f"{common.MODEL_KEYS}, janus.vq_codebook, janus.enc_dim, janus.enc_layers")
+                           "janus model", f"{common.MODEL_KEYS}, janus.vq_codebook, janus.enc_dim, janus.enc_layers, janus.enc_patch")
     run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)
