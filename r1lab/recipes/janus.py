@@ -226,6 +226,22 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, vq: VQVAE, tok: BaseToke
     return loop.last_path
 
 
+PIXELS_BEFORE_FIX = {"enc_pixel_mean": 0.5, "enc_pixel_std": 0.5}
+"how the understanding encoder read pixels (2x - 1) in runs whose config.yaml predates the two settings"
+
+
+def run_config(run: Path) -> Config:
+    """A janus run's own config (``<run>/config.yaml``); a run written before ``janus.enc_pixel_mean``
+    existed read its pixels as 2x - 1, and is rebuilt that way rather than with today's default."""
+    from r1lab import config as config_lib
+
+    data = config_lib.load_yaml(run / "config.yaml")
+    j = data.setdefault("janus", {}) if isinstance(data.get("janus", {}), dict) else data["janus"]
+    if isinstance(j, dict) and "enc_pixel_mean" not in j and "enc_pixel_std" not in j:
+        j.update(PIXELS_BEFORE_FIX)
+    return config_lib.build(data)
+
+
 def load_janus(cfg: Config, path: Path, tok: BaseTokenizer) -> JanusModel:
     model = new_model(cfg, tok)
     checkpoint.apply(model, checkpoint.load(path))
