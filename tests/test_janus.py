@@ -333,3 +333,5 @@ def test_encoder_patch_size_position_embedding_and_old_runs_pixels(tmp_path):
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "config.yaml").write_text("janus:\n  enc_pixel_mean: 0.0\n  enc_pixel_std: 1.0\n", encoding="utf-8")
     assert (J.run_config(tmp_path / "new").janus.enc_pixel_mean, Config().janus.enc_pixel_mean) == (0.0, 0.0)
+    # Resuming such a run with today's code would switch its input mid-training: refused in one line.
+    assert main(["janus", "--out", str(tmp_path / "old"), "--resume"]) == 2

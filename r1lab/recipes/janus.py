@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lab import checkpoint, tracking
+from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.evaluate import pass_at_k
 from r1lab.janus import digits, scenes
@@ -233,8 +234,6 @@ PIXELS_BEFORE_FIX = {"enc_pixel_mean": 0.5, "enc_pixel_std": 0.5}
 def run_config(run: Path) -> Config:
     """A janus run's own config (``<run>/config.yaml``); a run written before ``janus.enc_pixel_mean``
     existed read its pixels as 2x - 1, and is rebuilt that way rather than with today's default."""
-    from r1lab import config as config_lib
-
     data = config_lib.load_yaml(run / "config.yaml")
     j = data.setdefault("janus", {}) if isinstance(data.get("janus", {}), dict) else data["janus"]
     if isinstance(j, dict) and "enc_pixel_mean" not in j and "enc_pixel_std" not in j:
@@ -394,6 +393,10 @@ def main(cfg: Config) -> Path:
     common.check_trainable(lambda: VQVAE(cfg.janus), "VQ tokenizer", "janus.vq_codebook, janus.vq_channels, janus.vq_dim")
     common.check_trainable(lambda: JanusModel(lm_config(cfg.model, SEQ_LEN), common.load_tokenizer("").vocab_size, cfg.janus),
                            "janus model", f"{common.MODEL_KEYS}, janus.vq_codebook, janus.enc_dim, janus.enc_layers, janus.enc_patch")
+    saved = common.run_dir_for(cfg, "janus") / "config.yaml"
+    if cfg.resume and saved.is_file() and "enc_pixel_mean" not in (config_lib.load_yaml(saved).get("janus") or {}):
+        raise common.StageError(f"--resume: {saved} predates janus.enc_pixel_mean (its encoder read pixels as 2x - 1, the default "
+                                "reads them as x): finish it with the code that started it, or start a new run with another --out")
     run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)
