@@ -279,8 +279,8 @@ def test_blind_baselines_answer_from_the_training_answer_distribution():
 
 def test_default_encoder_learns_to_count_a_scenes_shapes_beyond_the_blind_bar():
     """300 steps of one question about scenes ("how many shapes?"), a small dense LM: the default
-    encoder input (black = 0) answers held-out scenes; under SigLIP's 2x - 1 the same run stayed
-    at 0.27, below the majority answer (measured: docs/janus.md)."""
+    encoder input (4x, black = 0) answers all 60 held-out scenes; under SigLIP's 2x - 1 the same
+    run stayed at 0.27, below the majority answer 0.53 (measured: docs/janus.md)."""
     cfg = Config()
     cfg.janus.enc_dim, cfg.janus.enc_layers = 32, 1
     mc = ModelConfig(ffn="dense", d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=128, max_seq_len=96)
