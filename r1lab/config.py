@@ -530,6 +530,14 @@ class JanusConfig:
     "width of the understanding encoder, a patch transformer in SigLIP's role"
     enc_layers: int = 2
     "blocks of the understanding encoder"
+    enc_pixel_mean: float = 0.0
+    "the understanding encoder reads (x - mean) / std; 0: a black pixel is 0 (SigLIP: 0.5, i.e. 2x - 1, which drowned the small coloured shapes of a scene in its black background)"
+    enc_pixel_std: float = 0.25
+    "pixel scale of the understanding encoder's input (x - mean) / std: 0.25 reads x as 4x (SigLIP: 0.5); measured best of 1, 0.25 and standardised in docs/janus.md"
+    enc_patch: int = 8
+    "pixels per side of an understanding patch (8: 16 patches of a 32x32 image; 4: 64, as many as VQ codes); divides 32"
+    und_pos: bool = False
+    "add a learned position embedding per patch to the image features in the LM's space (as the generation path's code positions)"
     align_steps: int = 150
     "stage I: only the encoder, adaptors, image embedding and image head train; the LM is frozen (Janus sec. 3.2)"
     unified_steps: int = 1200
@@ -758,6 +766,8 @@ class Config:
             ("janus.digit_fraction", 0 <= j.digit_fraction <= 1, "must be in [0, 1]"),
             ("janus.text_weight", 0 <= j.text_weight and 0 <= j.gen_weight and j.text_weight + j.gen_weight <= 1, "text_weight + gen_weight must be in [0, 1]"),
             ("janus.enc_dim", j.enc_dim % 4 == 0, "must be a multiple of 4 (the encoder's heads)"),
+            ("janus.enc_pixel_std", j.enc_pixel_std > 0, "must be positive"),
+            ("janus.enc_patch", j.enc_patch in (1, 2, 4, 8, 16, 32), "must divide the 32-pixel image side (1, 2, 4, 8, 16 or 32)"),
         ]
         # Values that used to pass and then silently meant nonsense (the bad-input sweep): a negative
         # clip flips every gradient's sign, a negative decay grows the weights, a negative reward

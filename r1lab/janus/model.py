@@ -47,22 +47,27 @@ def cfg_logits(cond_BV: torch.Tensor, uncond_BV: torch.Tensor, scale: float) -> 
 
 
 class UnderstandingEncoder(nn.Module):
-    """Patchify (8x8x3 -> enc_dim), learned positions, bidirectional transformer encoder blocks
-    (torch's own pre-norm ``TransformerEncoderLayer``), final LayerNorm: (B, 16, enc_dim)."""
+    """Patchify (``patch`` x ``patch`` x 3 -> enc_dim), learned positions, bidirectional transformer
+    encoder blocks (torch's own pre-norm ``TransformerEncoderLayer``), final LayerNorm:
+    (B, (32 / patch)^2, enc_dim)."""
 
-    def __init__(self, dim: int, layers: int):
+    def __init__(self, dim: int, layers: int, patch: int = PATCH, pixel_mean: float = 0.5, pixel_std: float = 0.5):
         super().__init__()
-        self.patch = nn.Linear(3 * PATCH * PATCH, dim)
-        self.pos = nn.Parameter(torch.zeros(N_PATCHES, dim))
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
+        self.patch_side = patch
+        self.n_patches = (IMAGE_SIDE // patch) ** 2
+        self.patch = nn.Linear(3 * patch * patch, dim)
+        self.pos = nn.Parameter(torch.zeros(self.n_patches, dim))
         layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x_B3HW: torch.Tensor) -> torch.Tensor:
         B = x_B3HW.shape[0]
-        g = IMAGE_SIDE // PATCH
-        p = x_B3HW.view(B, 3, g, PATCH, g, PATCH).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, -1)  # (B, P, 3*8*8)
-        return self.norm(self.blocks(self.patch(p * 2 - 1) + self.pos))  # (B, P, enc_dim)
+        P = self.patch_side
+        g = IMAGE_SIDE // P
+        p = x_B3HW.view(B, 3, g, P, g, P).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, -1)  # (B, N, 3*P*P)
+        return self.norm(self.blocks(self.patch((p - self.pixel_mean) / self.pixel_std) + self.pos))  # (B, P, enc_dim)
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -83,8 +88,11 @@ class JanusModel(nn.Module):
         self.lm = Transformer(model_cfg, vocab_size)
         self.cfg, self.vocab_size, self.codebook = self.lm.cfg, vocab_size, j.vq_codebook
         D = model_cfg.d_model
-        self.und_encoder = UnderstandingEncoder(j.enc_dim, j.enc_layers)
+        self.und_encoder = UnderstandingEncoder(j.enc_dim, j.enc_layers, j.enc_patch, j.enc_pixel_mean, j.enc_pixel_std)
+        self.n_patches = self.und_encoder.n_patches
         self.und_adaptor = _mlp(j.enc_dim, D, D)
+        # Where each image feature sits in the patch grid, in the LM's own space (as gen_pos for codes).
+        self.und_pos = nn.Parameter(torch.zeros(self.n_patches, D)) if j.und_pos else None
         self.gen_embed = nn.Embedding(j.vq_codebook, D)
         self.gen_aligner = _mlp(D, D, D)
         self.gen_pos = nn.Parameter(torch.zeros(N_CODES, D))
@@ -98,8 +106,9 @@ class JanusModel(nn.Module):
         return self.lm.embed(ids_BT)  # (B, T, D)
 
     def image_features(self, x_B3HW: torch.Tensor) -> torch.Tensor:
-        """Understanding path: (B, 16, D) vectors in the LM's embedding space."""
-        return self.und_adaptor(self.und_encoder(x_B3HW))
+        """Understanding path: (B, n_patches, D) vectors in the LM's embedding space."""
+        f_BND = self.und_adaptor(self.und_encoder(x_B3HW))
+        return f_BND if self.und_pos is None else f_BND + self.und_pos
 
     def code_embeds(self, codes_BN: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Generation path: (B, N, D) inputs of image codes at raster positions start..start+N-1."""

@@ -52,7 +52,7 @@ def _pieces(model: JanusModel, rows: list[Row]) -> list[list[tuple[torch.Tensor,
     Images and codes of all rows go through their encoders in one batch each."""
     images = [s.pixels for r in rows for s in r if isinstance(s, Image)]
     codes = [s.ids for r in rows for s in r if isinstance(s, Codes)]
-    feats = model.image_features(torch.as_tensor(np.stack(images))) if images else None  # (n, 16, D)
+    feats = model.image_features(torch.as_tensor(np.stack(images))) if images else None  # (n, n_patches, D)
     cembs = model.code_embeds(torch.tensor(codes)) if codes else None  # (n, 64, D)
     out, i_img, i_code = [], 0, 0
     for r in rows:
@@ -100,16 +100,17 @@ class Losses:
     load_LE: torch.Tensor | None
 
 
-def row_length(row: Row) -> int:
-    return sum(N_PATCHES if isinstance(s, Image) else len(s.ids) for s in row)
+def row_length(row: Row, image_len: int = N_PATCHES) -> int:
+    """Positions of ``row``; an image is ``image_len`` feature vectors (the model's ``n_patches``)."""
+    return sum(image_len if isinstance(s, Image) else len(s.ids) for s in row)
 
 
-def length_buckets(rows: list[Row]) -> list[list[int]]:
+def length_buckets(rows: list[Row], image_len: int = N_PATCHES) -> list[list[int]]:
     """Row indices in at most two buckets by length (short rows, long rows), split where the two
     padded batches hold the fewest positions: a batch of questions (~70 positions) and drawings
     (~170) costs ~40% less than one padded batch. Same losses, up to float summation order."""
-    order = sorted(range(len(rows)), key=lambda i: row_length(rows[i]))
-    lens = [row_length(rows[i]) for i in order]
+    order = sorted(range(len(rows)), key=lambda i: row_length(rows[i], image_len))
+    lens = [row_length(rows[i], image_len) for i in order]
     n = len(order)
     cost = [k * lens[k - 1] + (n - k) * lens[-1] if k else n * lens[-1] for k in range(n)]
     k = min(range(n), key=lambda i: (cost[i], i))

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lab import checkpoint, tracking
+from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.evaluate import pass_at_k
 from r1lab.janus import digits, scenes
@@ -214,7 +215,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, vq: VQVAE, tok: BaseToke
             t0 = time.perf_counter()
             lr = loop.set_lr(common.lr_at(step, j.lr, j.warmup_steps, total, cfg.pretrain.min_lr_ratio))
             rows, counts = build_rows(stage, tok, task, vq, rng, cfg)
-            batches = [S.assemble(model, [rows[i] for i in idx], tok.pad_id) for idx in S.length_buckets(rows)]
+            batches = [S.assemble(model, [rows[i] for i in idx], tok.pad_id) for idx in S.length_buckets(rows, model.n_patches)]
             out = S.losses(model, batches)
             bad, grad_norm = loop.backward_step(out.total, cfg.pretrain.grad_clip)
             load_LE = moe.after_optimizer_step(model, step + 1, stepped=bad is None)
@@ -224,6 +225,20 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, vq: VQVAE, tok: BaseToke
             loop.end_step(step + 1, metrics, bad=bad, load_LE=load_LE,
                           postfix={"text": f"{out.text.item():.3f}", "code": f"{out.code.item():.3f}"})
     return loop.last_path
+
+
+PIXELS_BEFORE_FIX = {"enc_pixel_mean": 0.5, "enc_pixel_std": 0.5}
+"how the understanding encoder read pixels (2x - 1) in runs whose config.yaml predates the two settings"
+
+
+def run_config(run: Path) -> Config:
+    """A janus run's own config (``<run>/config.yaml``); a run written before ``janus.enc_pixel_mean``
+    existed read its pixels as 2x - 1, and is rebuilt that way rather than with today's default."""
+    data = config_lib.load_yaml(run / "config.yaml")
+    j = data.setdefault("janus", {}) if isinstance(data.get("janus", {}), dict) else data["janus"]
+    if isinstance(j, dict) and "enc_pixel_mean" not in j and "enc_pixel_std" not in j:
+        j.update(PIXELS_BEFORE_FIX)
+    return config_lib.build(data)
 
 
 def load_janus(cfg: Config, path: Path, tok: BaseTokenizer) -> JanusModel:
@@ -377,7 +392,11 @@ def main(cfg: Config) -> Path:
     # minutes before an absurd --model.d_model is refused.
     common.check_trainable(lambda: VQVAE(cfg.janus), "VQ tokenizer", "janus.vq_codebook, janus.vq_channels, janus.vq_dim")
     common.check_trainable(lambda: JanusModel(lm_config(cfg.model, SEQ_LEN), common.load_tokenizer("").vocab_size, cfg.janus),
-                           "janus model", f"{common.MODEL_KEYS}, janus.vq_codebook, janus.enc_dim, janus.enc_layers")
+                           "janus model", f"{common.MODEL_KEYS}, janus.vq_codebook, janus.enc_dim, janus.enc_layers, janus.enc_patch")
+    saved = common.run_dir_for(cfg, "janus") / "config.yaml"
+    if cfg.resume and saved.is_file() and "enc_pixel_mean" not in (config_lib.load_yaml(saved).get("janus") or {}):
+        raise common.StageError(f"--resume: {saved} predates janus.enc_pixel_mean (its encoder read pixels as 2x - 1, the default "
+                                "reads them as x): finish it with the code that started it, or start a new run with another --out")
     run_dir = zero.pipeline_dir(cfg, "janus", ("vq", *STAGES), sections=RESUME_CHECKED)
     common.prepare_run_dir(run_dir, cfg)
     tok = common.load_tokenizer(run_dir)

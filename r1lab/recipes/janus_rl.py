@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from r1lab import checkpoint, rl, tracking
-from r1lab import config as config_lib
 from r1lab.config import Config
 from r1lab.janus import digits, scenes
 from r1lab.janus import sequence as S
@@ -122,7 +121,7 @@ def evaluate(model, vq, tok, run_cfg: Config, r) -> dict:
 def run(cfg: Config, run_dir: Path, init: Path, mode: str) -> Path:
     r = cfg.rl
     _check(cfg)
-    run_cfg = config_lib.build(config_lib.load_yaml(init / "config.yaml"))
+    run_cfg = janus.run_config(init)
     digits.indices("train"), digits.indices("test"), digits.classifier()  # scikit-learn's import draws from Python's RNG: before seeding
     common.seed_everything(cfg.seed, cfg.threads)
     tok = common.load_tokenizer(init)
