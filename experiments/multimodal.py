@@ -31,6 +31,7 @@ beside its own blind bar), generation.png.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 from pathlib import Path
@@ -74,6 +75,21 @@ def merge(a: dict, b: dict) -> dict:
     return out
 
 
+def seed_vq(out: Path, seed: int, cfg: config_lib.Config) -> Path:
+    """The seed's VQ tokenizer under ``out/vq-only``, trained by the first process to get there;
+    processes that start arms of one seed together wait on an exclusive lock for it, instead of
+    writing one folder at once (which interleaved their metrics lines)."""
+    folder = out / "vq-only" / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"seed{seed}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"multimodal: waiting for seed {seed}'s VQ tokenizer (another process is training it)", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return janus.train_vq(cfg, folder / "vq")  # the lock goes with the file
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model and a few steps (the test's smoke run)")
@@ -101,7 +117,7 @@ def main() -> None:
                 # Every arm of a seed reads the same VQ tokenizer (same settings and seed): trained
                 # once, copied into each arm's folder, where the recipe resumes it as finished.
                 layer = merge(base, {"seed": seed, "threads": args.threads, "out": str(out / "vq-only" / f"seed{seed}"), "resume": True})
-                vq_dir = janus.train_vq(config_lib.build(layer), out / "vq-only" / f"seed{seed}" / "vq")
+                vq_dir = seed_vq(out, seed, config_lib.build(layer))
                 if not (run / "vq").is_dir():
                     shutil.copytree(vq_dir.parents[1], run / "vq")
                 layer = merge(base, {"janus": ARMS[arm], "seed": seed, "threads": args.threads, "out": str(run), "resume": True})

@@ -76,3 +76,22 @@ def test_merge_tabulates_finished_arms_and_pairs_the_comparisons_by_seed(tmp_pat
     assert "generation (scenes, guided) +0.050 (seeds +0.200, -0.100)" in s["verdict"]
     assert "decoupled - shared VQ encoding: understanding n/a" in s["verdict"]  # no shared-vq arm finished
     assert not (out / "shared-vq").exists()                                      # --merge trains nothing
+
+
+def test_arms_of_one_seed_started_together_wait_for_one_vq_tokenizer(tmp_path):
+    """While another process holds the seed's VQ lock, a new arm says it waits and trains nothing."""
+    import fcntl
+    out = tmp_path / "exp"
+    (out / "vq-only").mkdir(parents=True)
+    with open(out / "vq-only" / "seed0.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "multimodal.py"), "--quick", "--seeds", "0", "--arms", "und-only",
+                                 "--threads", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        try:
+            line = proc.stdout.readline()
+            assert "waiting for seed 0's VQ tokenizer" in line, line
+            assert proc.poll() is None and not (out / "vq-only" / "seed0" / "vq").exists()
+        finally:
+            proc.kill()
+            proc.wait()
