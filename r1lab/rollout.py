@@ -182,12 +182,7 @@ def _sample(model: Transformer, prompts: list[list[int]], cfg: SampleConfig, eos
                            alive, ended)
     else:
         for t in range(C):
-            token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
-            out_tok[:, t] = torch.where(alive, token_N, pad_id)
-            out_logp[:, t] = torch.where(alive, logp_N, 0.0)
-            out_ent[:, t] = torch.where(alive, ent_N, 0.0)
-            valid[:, t] = alive  # the eos token itself counts; what follows it does not
-            ended |= alive & (token_N == eos_id)
+            _take_token(t, logits_NV, cfg, gen, eos_id, pad_id, out_tok, out_logp, out_ent, valid, alive, ended)
             key_mask = torch.cat([key_mask, (alive if rows is None else alive[rows])[:, None]], dim=1)
             alive = alive & ~ended & (t + 1 < budget_N)
             if not alive.any():
@@ -277,6 +272,18 @@ def _run_step(*args) -> torch.Tensor:
         return decode_step(*args)
 
 
+def _take_token(t: int, logits_NV: torch.Tensor, cfg: SampleConfig, gen, eos_id: int, pad_id: int, out_tok: torch.Tensor,
+                out_logp: torch.Tensor, out_ent: torch.Tensor, valid: torch.Tensor, alive: torch.Tensor, ended: torch.Tensor) -> None:
+    """Step ``t`` of both decode loops: draw every row's token, record it for the rows still alive
+    (the eos token itself counts; what follows it does not) and mark the rows that drew eos."""
+    token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
+    out_tok[:, t] = torch.where(alive, token_N, pad_id)
+    out_logp[:, t] = torch.where(alive, logp_N, 0.0)
+    out_ent[:, t] = torch.where(alive, ent_N, 0.0)
+    valid[:, t] = alive
+    ended |= alive & (token_N == eos_id)
+
+
 def _decode_static(model: Transformer, cache, logits_NV: torch.Tensor, key_mask_NP: torch.Tensor, next_pos_N: torch.Tensor,
                    budget_N: torch.Tensor, cfg: SampleConfig, gen, eos_id: int, pad_id: int, out_tok: torch.Tensor, out_logp: torch.Tensor,
                    out_ent: torch.Tensor, valid: torch.Tensor, alive: torch.Tensor, ended: torch.Tensor) -> int:
@@ -293,12 +300,7 @@ def _decode_static(model: Transformer, cache, logits_NV: torch.Tensor, key_mask_
     pos_N = next_pos_N.clone()
     t = 0
     for t in range(C):
-        token_N, logp_N, ent_N = _sample_token(logits_NV, cfg, gen)
-        out_tok[:, t] = torch.where(alive, token_N, pad_id)
-        out_logp[:, t] = torch.where(alive, logp_N, 0.0)
-        out_ent[:, t] = torch.where(alive, ent_N, 0.0)
-        valid[:, t] = alive
-        ended |= alive & (token_N == eos_id)
+        _take_token(t, logits_NV, cfg, gen, eos_id, pad_id, out_tok, out_logp, out_ent, valid, alive, ended)
         alive &= ~ended & (t + 1 < budget_N)
         if not alive.any():
             break
